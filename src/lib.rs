@@ -1,0 +1,230 @@
+//! rally-sidecar: a transparent HTTP proxy between Rally scripts and Rally's WSAPI v2.0.
+//!
+//! Module map (docs/architecture.md walks one request through them):
+//! - [`config`] — TOML + environment + flags → validated [`config::Config`];
+//! - [`server`] — the accept loop (TLS, HTTP/1.1 + HTTP/2, slowloris guard, graceful drain);
+//! - [`proxy`] — the forwarding core: admit, forward, relay, `_ref` rewriting, access log;
+//! - [`error`] — the sidecar's errors and the single place that answers them;
+//! - [`admin`] — health, readiness, metrics, shutdown on the admin listener;
+//! - [`metrics`], [`redact`], [`logging`], [`tls`], [`cert`] — the supporting pieces;
+//! - [`wsapi`] — the WSAPI vocabulary shared with [`sim`], the Rally simulator (which nothing on
+//!   the proxy path imports).
+
+pub mod admin;
+pub mod cert;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod redact;
+pub mod server;
+pub mod tls;
+pub mod wsapi;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{Admin, AdminHandler, Readiness};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyHandler};
+use crate::server::{ConnObserver, ServeOptions};
+
+/// The sockets `run` serves on; tests bind them to `127.0.0.1:0`.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `cfg`.
+    pub async fn bind(cfg: &Config) -> std::io::Result<Listeners> {
+        let proxy = TcpListener::bind(cfg.listen.addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} (listen.addr): {e}", cfg.listen.addr),
+            )
+        })?;
+        let admin = TcpListener::bind(cfg.admin.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} (admin.listen): {e}", cfg.admin.listen),
+            )
+        })?;
+        Ok(Listeners { proxy, admin })
+    }
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("listener TLS: {0}")]
+    ListenerTls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Upstream(#[from] proxy::upstream::UpstreamError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Handles to a running sidecar's shared state, for tests and embedding.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+struct CountConnections(Arc<Metrics>);
+impl ConnObserver for CountConnections {
+    fn opened(&self) {
+        self.0.open_connections.inc();
+    }
+    fn closed(&self) {
+        self.0.open_connections.dec();
+    }
+}
+
+/// Runs the sidecar on `listeners` until `shutdown` is cancelled (by a signal, `POST /shutdown`
+/// or the caller), then drains within `shutdown_grace` and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    run_with(
+        config,
+        listeners,
+        shutdown,
+        Shared {
+            metrics: Arc::new(Metrics::new()),
+            readiness: Arc::new(Readiness::default()),
+        },
+    )
+    .await
+}
+
+/// [`run`] with caller-provided shared state (tests read metrics and readiness through it).
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    shared: Shared,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let Shared { metrics, readiness } = shared;
+
+    let tls = match &config.listen.tls {
+        Some(files) => Some(tls::server_config(
+            &files.cert,
+            &files.key,
+            config.listen.http2,
+        )?),
+        None => None,
+    };
+    let (client, route) = proxy::upstream::build(&config.upstream)?;
+    readiness.set("upstream_tls", true, "upstream TLS configuration loaded");
+    let proxy = Arc::new(
+        Proxy::new(config.clone(), client, metrics.clone())
+            .map_err(|e| RunError::Setup(e.to_string()))?,
+    );
+
+    let admin_token = CancellationToken::new();
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        enable_shutdown: config.admin.enable_shutdown,
+        shutdown: shutdown.clone(),
+    });
+    let mut admin_opts = ServeOptions::plain("admin");
+    admin_opts.grace = std::time::Duration::from_secs(1);
+    let admin_task = tokio::spawn(server::serve(
+        listeners.admin,
+        admin_opts,
+        Arc::new(AdminHandler(admin)),
+        Arc::new(server::NoObserver),
+        admin_token.clone(),
+    ));
+
+    let local = listeners.proxy.local_addr().ok();
+    readiness.set(
+        "listener",
+        true,
+        format!(
+            "listening on {}",
+            local.map(|a| a.to_string()).unwrap_or_default()
+        ),
+    );
+    tracing::info!(
+        listen = ?local,
+        tls = tls.is_some(),
+        upstream = %config.upstream.origin_string(),
+        route = ?route,
+        "rally-sidecar ready"
+    );
+
+    let opts = ServeOptions {
+        tls,
+        header_read_timeout: config.listen.header_read_timeout,
+        http2: config.listen.http2,
+        max_connections: config.listen.max_connections,
+        grace: config.shutdown_grace,
+        name: "proxy",
+    };
+    let serve_token = shutdown.clone();
+    let readiness_for_drain = readiness.clone();
+    let drain_flag = tokio::spawn(async move {
+        serve_token.cancelled().await;
+        readiness_for_drain.set(
+            "draining",
+            false,
+            "shutting down: not accepting new connections",
+        );
+    });
+    let cut = server::serve(
+        listeners.proxy,
+        opts,
+        Arc::new(ProxyHandler(proxy)),
+        Arc::new(CountConnections(metrics.clone())),
+        shutdown,
+    )
+    .await;
+    let _ = drain_flag.await;
+    if cut > 0 {
+        tracing::warn!(
+            cut,
+            "connections cut at the end of the shutdown grace period"
+        );
+    }
+    admin_token.cancel();
+    let _ = admin_task.await;
+    tracing::info!("rally-sidecar stopped");
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received: draining"),
+                _ = int.recv() => tracing::info!("SIGINT received: draining"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics, served as text by the admin listener at `GET /metrics`.
+//!
+//! One [`Metrics`] value is shared by every request; its fields are the whole metrics reference
+//! (docs/operations.md lists them). Labels are small closed sets (method, status class,
+//! direction) so cardinality stays bounded whatever clients send.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+    Head,
+    Options,
+    Patch,
+    Other,
+}
+
+impl From<&http::Method> for Method {
+    fn from(m: &http::Method) -> Self {
+        match *m {
+            http::Method::GET => Method::Get,
+            http::Method::POST => Method::Post,
+            http::Method::PUT => Method::Put,
+            http::Method::DELETE => Method::Delete,
+            http::Method::HEAD => Method::Head,
+            http::Method::OPTIONS => Method::Options,
+            http::Method::PATCH => Method::Patch,
+            _ => Method::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: Method,
+    /// "2xx", "3xx", "4xx", "5xx" or "1xx".
+    pub status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// Client → sidecar → Rally.
+    Request,
+    /// Rally → sidecar → client.
+    Response,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Stable code, the same as the `X-Rally-Sidecar-Error` header.
+    pub kind: String,
+}
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_latency: Histogram,
+    pub open_connections: Gauge,
+    pub bytes: Family<DirectionLabels, Counter>,
+    pub proxy_errors: Family<ErrorLabels, Counter>,
+    pub ref_rewrites: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rally_sidecar");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by method and status class",
+            requests.clone(),
+        );
+        let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from sending a request upstream to receiving its response head",
+            upstream_latency.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "body_bytes",
+            "Body bytes relayed, by direction",
+            bytes.clone(),
+        );
+        let proxy_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "proxy_errors",
+            "Responses the sidecar made itself because forwarding failed, by kind",
+            proxy_errors.clone(),
+        );
+        let ref_rewrites = Counter::default();
+        registry.register(
+            "ref_rewrite_responses",
+            "Responses whose upstream origin was rewritten to the client's",
+            ref_rewrites.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            open_connections,
+            bytes,
+            proxy_errors,
+            ref_rewrites,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn record_request(&self, method: &http::Method, status: http::StatusCode) {
+        let class = format!("{}xx", status.as_u16() / 100);
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.into(),
+                status_class: class,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,351 @@
+//! The forwarding core: every request reaches the configured Rally upstream unchanged and every
+//! answer reaches the client unchanged, except for the documented header rules and `_ref`
+//! rewriting. One request goes through these phases, top to bottom in [`Proxy::handle`]:
+//!
+//! 1. **identify** — take or make the request id; open the request's tracing span;
+//! 2. **admit** — refuse CONNECT and absolute-form targets naming another host (not an open proxy);
+//! 3. **forward** — same method, byte-exact path and query, headers minus hop-by-hop, `Host` set
+//!    to the upstream, the body streamed as it arrives;
+//! 4. **relay** — the answer's head within `upstream.response_timeout`, its body streamed back,
+//!    rewritten only where it names the upstream origin;
+//! 5. **log** — one access line when the response body ends, with secrets redacted.
+//!
+//! Failures become [`ProxyError`]s and are answered in one place, [`crate::error::rescue`].
+
+pub mod body;
+pub mod headers;
+pub mod refs;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{ProxyError, rescue};
+use crate::metrics::{Direction, DirectionLabels, Metrics};
+use crate::redact;
+use crate::server::{Body, BoxError, BoxFuture, ConnInfo, Handler};
+use body::{Ending, Observed};
+use upstream::UpstreamClient;
+
+/// Header carrying the request id, propagated or generated.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Shared state of the forwarding path.
+pub struct Proxy {
+    cfg: Arc<Config>,
+    client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    upstream_origin: String,
+    upstream_authority: HeaderValue,
+}
+
+impl Proxy {
+    pub fn new(
+        cfg: Arc<Config>,
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BoxError> {
+        let authority = cfg
+            .upstream
+            .origin
+            .authority()
+            .ok_or("upstream has no authority")?
+            .as_str()
+            .to_string();
+        Ok(Proxy {
+            upstream_origin: cfg.upstream.origin_string(),
+            upstream_authority: HeaderValue::from_str(&authority)?,
+            cfg,
+            client,
+            metrics,
+        })
+    }
+
+    /// Handles one request; always answers.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let start = Instant::now();
+        let request_id = request_id(&req);
+        let span = tracing::info_span!("request", id = %request_id);
+        let method = req.method().clone();
+        let path = redact::path_and_query(
+            req.uri()
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/"),
+        )
+        .into_owned();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+
+        let (mut resp, upstream_ms) = match self
+            .clone()
+            .forward(req, conn, bytes_in.clone())
+            .instrument(span.clone())
+            .await
+        {
+            Ok(pair) => pair,
+            Err(err) => {
+                span.in_scope(|| tracing::warn!(error = %err, code = err.code(), "answering with a sidecar error"));
+                self.metrics
+                    .proxy_errors
+                    .get_or_create(&crate::metrics::ErrorLabels {
+                        kind: err.code().into(),
+                    })
+                    .inc();
+                (rescue(&err), None)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(REQUEST_ID, v);
+        }
+        let status = resp.status();
+        self.metrics.record_request(&method, status);
+
+        let metrics = self.metrics.clone();
+        let done = Box::new(move |bytes_out: u64, ending: Ending| {
+            metrics
+                .bytes
+                .get_or_create(&DirectionLabels {
+                    direction: Direction::Response,
+                })
+                .inc_by(bytes_out);
+            metrics
+                .bytes
+                .get_or_create(&DirectionLabels {
+                    direction: Direction::Request,
+                })
+                .inc_by(bytes_in.load(std::sync::atomic::Ordering::Relaxed));
+            span.in_scope(|| {
+                tracing::info!(
+                    target: "rally_sidecar::access",
+                    method = %method,
+                    path = %path,
+                    status = status.as_u16(),
+                    bytes_in = bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                    bytes_out,
+                    total_ms = start.elapsed().as_secs_f64() * 1000.0,
+                    upstream_ms = upstream_ms.unwrap_or(-1.0),
+                    complete = ending == Ending::Complete,
+                    "access"
+                )
+            });
+        });
+        resp.map(|b| Observed::new(b, Arc::new(AtomicU64::new(0)), Some(done)).boxed_unsync())
+    }
+
+    /// Phases 2–4. Returns the response and the upstream latency in milliseconds.
+    async fn forward(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        bytes_in: Arc<AtomicU64>,
+    ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
+        self.admit(&req)?;
+        let client_origin = client_origin(&req, conn.tls);
+        let is_head = req.method() == Method::HEAD;
+
+        let (mut parts, incoming) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = http::Uri::builder()
+            .scheme(self.cfg.upstream.origin.scheme_str().unwrap_or("https"))
+            .authority(self.upstream_authority.to_str().unwrap_or_default())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
+        parts.version = Version::HTTP_11;
+        let forwarded = self
+            .cfg
+            .upstream
+            .forwarded_headers
+            .then_some((&conn.peer, if conn.tls { "https" } else { "http" }));
+        headers::request_headers(&mut parts.headers, &self.upstream_authority, forwarded);
+        let body = Observed::new(incoming, bytes_in, None).boxed_unsync();
+        let upstream_req = Request::from_parts(parts, body);
+
+        let sent = Instant::now();
+        let result = tokio::time::timeout(
+            self.cfg.upstream.response_timeout,
+            self.client.request(upstream_req),
+        )
+        .await;
+        let upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
+        self.metrics
+            .upstream_latency
+            .observe(sent.elapsed().as_secs_f64());
+        let resp = match result {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout(
+                    self.cfg.upstream.response_timeout,
+                ));
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(ProxyError::UpstreamUnreachable(error_chain(&e)));
+            }
+            Ok(Err(e)) => return Err(ProxyError::UpstreamBroken(error_chain(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        Ok((
+            self.relay(resp, client_origin.as_deref(), is_head),
+            Some(upstream_ms),
+        ))
+    }
+
+    /// Phase 2: not an open proxy.
+    fn admit(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::Connect(self.upstream_origin.clone()));
+        }
+        // HTTP/2 always carries an authority (the sidecar's own); only an HTTP/1 absolute-form
+        // target can name another host. The sidecar never contacts it, but says so clearly.
+        if req.version() <= Version::HTTP_11 {
+            if let Some(authority) = req.uri().authority() {
+                let host_header = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok());
+                let upstream = self.upstream_authority.to_str().unwrap_or_default();
+                let named = authority.as_str();
+                if Some(named) != host_header && !named.eq_ignore_ascii_case(upstream) {
+                    return Err(ProxyError::ForeignTarget {
+                        target: named.to_string(),
+                        upstream: self.upstream_origin.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 4: hop-by-hop headers out, `Location` and JSON bodies rewritten to the client's origin.
+    fn relay(
+        &self,
+        resp: Response<Incoming>,
+        client_origin: Option<&str>,
+        is_head: bool,
+    ) -> Response<Body> {
+        let (mut parts, incoming) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let mut body: Body = incoming
+            .map_err(|e| -> BoxError { Box::new(e) })
+            .boxed_unsync();
+
+        let rewriter = client_origin
+            .filter(|_| self.cfg.rewrite_refs)
+            .and_then(|to| refs::Rewriter::new(&self.upstream_origin, to));
+        if let Some(rw) = rewriter {
+            if let Some(loc) = parts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+            {
+                if let Some(new) = refs::rewrite_location(
+                    loc,
+                    &self.upstream_origin,
+                    client_origin.unwrap_or_default(),
+                ) {
+                    if let Ok(v) = HeaderValue::from_str(&new) {
+                        parts.headers.insert(header::LOCATION, v);
+                    }
+                }
+            }
+            let has_body = !is_head
+                && parts.status != StatusCode::NO_CONTENT
+                && parts.status != StatusCode::NOT_MODIFIED
+                && !parts.status.is_informational();
+            if has_body && is_json(&parts.headers) {
+                if let Some(coding) = coding(&parts.headers) {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    self.metrics.ref_rewrites.inc();
+                    body = refs::rewrite_body(body, coding, rw);
+                }
+            }
+        }
+        Response::from_parts(parts, body)
+    }
+}
+
+/// The client-facing handler.
+pub struct ProxyHandler(pub Arc<Proxy>);
+
+impl Handler for ProxyHandler {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> BoxFuture<Result<Response<Body>, BoxError>> {
+        let proxy = self.0.clone();
+        Box::pin(async move { Ok(proxy.handle(req, conn).await) })
+    }
+}
+
+/// `X-Request-Id` if the client sent a sane one, else a new UUID.
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The origin the client used: scheme of the listener + `Host` (or the HTTP/2 authority).
+fn client_origin<B>(req: &Request<B>, tls: bool) -> Option<String> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
+    let origin = format!("{}://{}", if tls { "https" } else { "http" }, host);
+    refs::safe_origin(&origin).then_some(origin)
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let ct = ct.to_ascii_lowercase();
+            ct.contains("json") || ct.contains("javascript")
+        })
+        .unwrap_or(false)
+}
+
+fn coding(headers: &http::HeaderMap) -> Option<refs::Coding> {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Some(refs::Coding::Identity),
+        Some(v) if v.trim().eq_ignore_ascii_case("identity") => Some(refs::Coding::Identity),
+        Some(v) if v.trim().eq_ignore_ascii_case("gzip") => Some(refs::Coding::Gzip),
+        // Other codings (br, deflate, stacked) pass through untouched.
+        Some(_) => None,
+    }
+}
+
+/// `a: b: c` from an error and its sources, for messages that say what really failed.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,109 @@
+//! Credential redaction for everything the sidecar logs.
+//!
+//! Credentials travel in `Authorization`, `ZSESSIONID` (header and cookie), `JSESSIONID` and other
+//! cookies, and the `key=` security token in the query string. Logs only ever see request paths
+//! through [`path_and_query`] and header values through [`header_value`]; nothing else about a
+//! request is logged.
+
+use std::borrow::Cow;
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "[redacted]";
+
+/// Query parameters whose values are secrets (compared case-insensitively).
+const SECRET_PARAMS: &[&str] = &[
+    "key",
+    "zsessionid",
+    "apikey",
+    "api_key",
+    "password",
+    "token",
+    "access_token",
+];
+
+/// Headers whose values are secrets (compared case-insensitively).
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "zsessionid",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+
+/// Returns `path?query` with the values of secret parameters replaced by `[redacted]`.
+/// The parameter names and the order are kept so the log still says what was sent.
+pub fn path_and_query(pq: &str) -> Cow<'_, str> {
+    let Some((path, query)) = pq.split_once('?') else {
+        return Cow::Borrowed(pq);
+    };
+    let mut changed = false;
+    let parts: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| {
+            let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            if pair.contains('=')
+                && SECRET_PARAMS
+                    .iter()
+                    .any(|s| decoded.eq_ignore_ascii_case(s))
+            {
+                changed = true;
+                Cow::Owned(format!("{name}={REDACTED}"))
+            } else {
+                Cow::Borrowed(pair)
+            }
+        })
+        .collect();
+    if !changed {
+        return Cow::Borrowed(pq);
+    }
+    Cow::Owned(format!("{path}?{}", parts.join("&")))
+}
+
+/// Returns the header value fit for a log line: secrets are replaced, cookies keep their names.
+pub fn header_value<'a>(name: &str, value: &'a str) -> Cow<'a, str> {
+    let lower = name.to_ascii_lowercase();
+    if lower == "cookie" {
+        let names: Vec<String> = value
+            .split(';')
+            .map(|c| c.trim().split('=').next().unwrap_or("").to_string())
+            .map(|n| format!("{n}={REDACTED}"))
+            .collect();
+        return Cow::Owned(names.join("; "));
+    }
+    if SECRET_HEADERS.contains(&lower.as_str()) {
+        return Cow::Borrowed(REDACTED);
+    }
+    Cow::Borrowed(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_parameter_is_redacted_wherever_it_stands() {
+        assert_eq!(
+            path_and_query(
+                "/slm/webservice/v2.0/testcaseresult/create?key=abc123&workspace=/workspace/1"
+            ),
+            "/slm/webservice/v2.0/testcaseresult/create?key=[redacted]&workspace=/workspace/1"
+        );
+        assert_eq!(path_and_query("/x?a=1&KEY=s3cret"), "/x?a=1&KEY=[redacted]");
+        assert_eq!(path_and_query("/x?%6Bey=s3cret"), "/x?%6Bey=[redacted]");
+        assert_eq!(path_and_query("/x?monkey=1"), "/x?monkey=1");
+        assert_eq!(path_and_query("/x"), "/x");
+    }
+
+    #[test]
+    fn cookies_keep_names_only() {
+        assert_eq!(
+            header_value("Cookie", "JSESSIONID=abc; ZSESSIONID=def"),
+            "JSESSIONID=[redacted]; ZSESSIONID=[redacted]"
+        );
+        assert_eq!(header_value("zsessionid", "_key"), REDACTED);
+        assert_eq!(header_value("Authorization", "Basic x"), REDACTED);
+        assert_eq!(header_value("User-Agent", "pyral"), "pyral");
+    }
+}

@@ -1,0 +1,198 @@
+//! The accept loop shared by the sidecar's listener, the admin listener and the simulator:
+//! plain TCP or TLS (rustls, ALPN h2/http1.1), HTTP/1.1 keep-alive and HTTP/2 through hyper-util's
+//! auto builder, a slowloris guard (`header_read_timeout`, which also ends idle keep-alive
+//! connections: hyper starts that timer whenever it waits for a request head), a connection cap,
+//! and graceful shutdown: stop accepting, let connections finish within the grace period, then
+//! cut what remains and say how much was cut.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Errors crossing body and service boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type every handler returns.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a handler knows about the connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// A request handler. Returning `Err` makes hyper drop the connection without an answer (the
+/// simulator uses it to inject resets); the sidecar always answers.
+pub trait Handler: Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> BoxFuture<Result<Response<Body>, BoxError>>;
+}
+
+/// Called when connections open and close (the sidecar counts them in a gauge).
+pub trait ConnObserver: Send + Sync + 'static {
+    fn opened(&self) {}
+    fn closed(&self) {}
+}
+
+/// No-op observer.
+pub struct NoObserver;
+impl ConnObserver for NoObserver {}
+
+/// How a listener serves.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub header_read_timeout: Duration,
+    pub http2: bool,
+    pub max_connections: usize,
+    /// How long in-flight connections get after shutdown starts.
+    pub grace: Duration,
+    /// Name used in log lines ("proxy", "admin", "simulator").
+    pub name: &'static str,
+}
+
+impl ServeOptions {
+    pub fn plain(name: &'static str) -> Self {
+        ServeOptions {
+            tls: None,
+            header_read_timeout: Duration::from_secs(30),
+            http2: true,
+            max_connections: 20_000,
+            grace: Duration::from_secs(30),
+            name,
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then drains. Returns the number of
+/// connections that were still open at the grace deadline and were cut.
+pub async fn serve(
+    listener: TcpListener,
+    opts: ServeOptions,
+    handler: Arc<dyn Handler>,
+    observer: Arc<dyn ConnObserver>,
+    shutdown: CancellationToken,
+) -> usize {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = if opts.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    };
+    let builder = Arc::new(builder);
+    let acceptor = opts.tls.clone().map(TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let local = listener.local_addr().ok();
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = opts.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            peer,
+            local: stream.local_addr().ok().or(local).unwrap_or(peer),
+            tls: acceptor.is_some(),
+        };
+        let handler = handler.clone();
+        let observer = observer.clone();
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        let name = opts.name;
+        let handshake_timeout = opts.header_read_timeout;
+        let active = active.clone();
+        active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::spawn(async move {
+            let _permit = permit;
+            observer.opened();
+            let svc = hyper::service::service_fn(move |req| handler.call(req, info));
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let conn = builder
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .into_owned();
+                            let fut: BoxFuture<Result<(), BoxError>> =
+                                Box::pin(watcher.watch(conn));
+                            let _ = fut.await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = name, peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, peer = %peer, "TLS handshake timed out")
+                        }
+                    }
+                }
+                None => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .into_owned();
+                    let fut: BoxFuture<Result<(), BoxError>> = Box::pin(watcher.watch(conn));
+                    let _ = fut.await;
+                }
+            }
+            observer.closed();
+            active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(listener = opts.name, open, grace = ?opts.grace, "draining connections");
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => 0,
+        _ = tokio::time::sleep(opts.grace) => {
+            let cut = active.load(std::sync::atomic::Ordering::SeqCst);
+            tracing::warn!(listener = opts.name, cut, "shutdown grace period over: cutting connections still open");
+            cut
+        }
+    }
+}
