@@ -13,12 +13,14 @@
 pub mod admin;
 pub mod cert;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod redact;
 pub mod server;
+pub mod sim;
 pub mod tls;
 pub mod wsapi;
 

@@ -46,6 +46,20 @@ struct ServeArgs {
 enum Command {
     /// Run the sidecar in front of Rally.
     Serve(ServeArgs),
+    /// Run the Rally WSAPI simulator (a local stand-in for Rally).
+    Simulate(SimulateArgs),
+    /// Start the simulator and the sidecar together, over TLS, and print how to use them.
+    Demo {
+        /// Sidecar listen address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
+        /// Admin listen address.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin_listen: std::net::SocketAddr,
+        /// Directory for the demo CA and certificates [default: <tmp>/rally-sidecar-demo].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Create a local CA and a server certificate (ca.pem, cert.pem, key.pem).
     Cert {
         /// Directory to write into; an existing CA there is reused.
@@ -57,11 +71,75 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8900")]
+    listen: std::net::SocketAddr,
+    /// PEM certificate (serve HTTPS; pyral needs it).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// JSON fixtures replacing the defaults (see docs/fixtures.example.json).
+    #[arg(long)]
+    fixtures: Option<PathBuf>,
+    /// Seed for every fault decision.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Latency added to every request: "50ms" or "10ms..200ms".
+    #[arg(long)]
+    latency: Option<String>,
+    /// Probability a TestCaseResult create is acknowledged but never stored.
+    #[arg(long, default_value_t = 0.0)]
+    drop_writes: f64,
+    /// Probability of HTTP 200 + "Concurrency conflict" (nothing stored).
+    #[arg(long, default_value_t = 0.0)]
+    conflict_rate: f64,
+    /// Probability of HTTP 500/503 (nothing stored).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Probability of storing, then answering 502/524.
+    #[arg(long, default_value_t = 0.0)]
+    gateway_timeout_rate: f64,
+    /// Probability of dropping the connection, before or after storing.
+    #[arg(long, default_value_t = 0.0)]
+    reset_rate: f64,
+    /// New results become readable only after this long, e.g. "2s".
+    #[arg(long)]
+    read_lag: Option<String>,
+    /// Concurrent requests per user before queueing.
+    #[arg(long, default_value_t = 12)]
+    max_concurrency: usize,
+    /// Do not serve the /__sim/ control API.
+    #[arg(long)]
+    no_control_api: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => serve(args),
-        None => serve(ServeArgs::default()),
+        None => {
+            // No subcommand: serve when a Rally is configured, else the demo on the simulator.
+            let configured = std::env::vars()
+                .any(|(k, _)| k == "RALLY_SIDECAR_CONFIG" || k == "RALLY_SIDECAR_UPSTREAM_URL");
+            if configured {
+                serve(ServeArgs {
+                    config: std::env::var_os("RALLY_SIDECAR_CONFIG").map(PathBuf::from),
+                    ..ServeArgs::default()
+                })
+            } else {
+                demo(None, None, None)
+            }
+        }
+        Some(Command::Simulate(args)) => simulate(args),
+        Some(Command::Demo {
+            listen,
+            admin_listen,
+            dir,
+        }) => demo(Some(listen), Some(admin_listen), dir),
         Some(Command::Cert { out, sans }) => match rally_sidecar::cert::generate(&out, &sans) {
             Ok(paths) => {
                 println!(
@@ -135,6 +213,126 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rally-sidecar: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn simulate(args: SimulateArgs) -> ExitCode {
+    use rally_sidecar::sim::{self, SimOptions, faults::FaultConfig, model::Fixtures};
+    rally_sidecar::logging::init(&rally_sidecar::config::LogConfig {
+        format: rally_sidecar::config::LogFormat::Human,
+        level: "info".into(),
+    });
+    let fixtures = match &args.fixtures {
+        Some(p) => match Fixtures::from_file(p) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("rally-sidecar simulate: --fixtures: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        None => Fixtures::default(),
+    };
+    let faults = FaultConfig {
+        latency: args.latency.clone(),
+        drop_writes: args.drop_writes,
+        conflict_rate: args.conflict_rate,
+        error_rate: args.error_rate,
+        gateway_timeout_rate: args.gateway_timeout_rate,
+        reset_rate: args.reset_rate,
+        read_lag: args.read_lag.clone(),
+    };
+    if let Err(e) = faults.validate() {
+        eprintln!("rally-sidecar simulate: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => match rally_sidecar::tls::server_config(c, k, true) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("rally-sidecar simulate: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        _ => None,
+    };
+    let opts = SimOptions {
+        fixtures,
+        seed: args.seed,
+        faults,
+        max_concurrency_per_user: args.max_concurrency,
+        control_api: !args.no_control_api,
+        ..SimOptions::default()
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "rally-sidecar simulate: cannot listen on {}: {e}",
+                    args.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let handle = match sim::start(listener, tls, opts) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("rally-sidecar simulate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "Rally WSAPI simulator at {base}/slm/webservice/v2.0
+  API keys: alice _sim_alice_key (Editor on Sim Project), bob _sim_bob_key (Viewer),
+            dave _sim_dave_readonly (read-only key)
+  basic:    carol@example.com / carol-pass (Editor)
+  control:  {base}/__sim/stats  /__sim/objects/<type>  POST /__sim/faults  POST /__sim/reset",
+            base = handle.base_url
+        );
+        let token = handle.shutdown.clone();
+        rally_sidecar::cancel_on_signals(token);
+        let _ = handle.task.await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn demo(
+    listen: Option<std::net::SocketAddr>,
+    admin: Option<std::net::SocketAddr>,
+    dir: Option<PathBuf>,
+) -> ExitCode {
+    let mut opts = rally_sidecar::demo::DemoOptions::default();
+    if let Some(l) = listen {
+        opts.listen = l;
+    }
+    if let Some(a) = admin {
+        opts.admin_listen = a;
+    }
+    if let Some(d) = dir {
+        opts.dir = d;
+    }
+    rally_sidecar::logging::init(&rally_sidecar::config::LogConfig {
+        format: rally_sidecar::config::LogFormat::Human,
+        level: "info".into(),
+    });
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let token = tokio_util::sync::CancellationToken::new();
+        rally_sidecar::cancel_on_signals(token.clone());
+        match rally_sidecar::demo::run(opts, token).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rally-sidecar demo: {e}");
                 ExitCode::FAILURE
             }
         }

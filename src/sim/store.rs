@@ -1,0 +1,508 @@
+//! The simulator's state: every object, the credentials of the fixture users, basic-auth
+//! sessions with their security tokens, and the roll-ups Rally maintains on TestCases.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use super::model::{Fixtures, Obj, Type, format_date, make_ref, oids, parse_date, ref_target};
+
+/// Who is calling, after authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: i64,
+    /// Authenticated with a read-only API key (writes refused).
+    pub read_only: bool,
+    /// Authenticated with basic auth (writes need the security token).
+    pub basic: bool,
+}
+
+/// A basic-auth HTTP session: the token `/security/authorize` issued is bound to it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: i64,
+    pub token: Option<String>,
+}
+
+pub struct Store {
+    pub objects: BTreeMap<i64, Obj>,
+    by_uuid: HashMap<String, i64>,
+    next_oid: i64,
+    pub fixtures: Fixtures,
+    pub sessions: HashMap<String, Session>,
+    session_counter: u64,
+}
+
+/// Deterministic UUID for an object id (stable across runs, so fixtures are too).
+pub fn uuid_for(oid: i64) -> String {
+    format!(
+        "5a1e0000-0000-4000-8000-{:012x}",
+        oid as u64 & 0xffff_ffff_ffff
+    )
+}
+
+impl Store {
+    pub fn new(fixtures: Fixtures) -> Store {
+        let mut s = Store {
+            objects: BTreeMap::new(),
+            by_uuid: HashMap::new(),
+            next_oid: oids::FIRST_DYNAMIC,
+            fixtures: fixtures.clone(),
+            sessions: HashMap::new(),
+            session_counter: 0,
+        };
+        s.seed(&fixtures);
+        s
+    }
+
+    fn seed(&mut self, f: &Fixtures) {
+        let epoch = OffsetDateTime::from_unix_timestamp(1_700_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let ws = oids::WORKSPACE;
+        let put = |s: &mut Store, ty: Type, oid: i64, fields: Value| {
+            let fields = fields.as_object().cloned().unwrap_or_default();
+            s.insert(Obj {
+                ty,
+                oid,
+                uuid: uuid_for(oid),
+                version: 1,
+                created: epoch,
+                visible_at: None,
+                fields,
+            });
+        };
+        put(
+            self,
+            Type::Subscription,
+            oids::SUBSCRIPTION,
+            json!({"Name": f.subscription, "SubscriptionID": 1, "State": "Enabled"}),
+        );
+        put(
+            self,
+            Type::Workspace,
+            ws,
+            json!({"Name": f.workspace, "State": "Open", "Subscription": make_ref(Type::Subscription, oids::SUBSCRIPTION)}),
+        );
+        for p in &f.projects {
+            put(
+                self,
+                Type::Project,
+                p.oid,
+                json!({"Name": p.name, "State": p.state, "Workspace": make_ref(Type::Workspace, ws)}),
+            );
+        }
+        let first_open = f.projects.iter().find(|p| p.state == "Open").map(|p| p.oid);
+        let mut perm_oid = 600;
+        for (i, u) in f.users.iter().enumerate() {
+            let profile = 500 + i as i64;
+            let (first, last) = u
+                .display_name
+                .split_once(' ')
+                .unwrap_or((&u.display_name, ""));
+            let summary = if u.workspace_role == "Admin" {
+                "Workspace Admin"
+            } else if u.project_roles.values().any(|r| r == "Admin") {
+                "Project Admin"
+            } else {
+                "Workspace User"
+            };
+            put(
+                self,
+                Type::User,
+                u.oid,
+                json!({
+                    "UserName": u.username, "DisplayName": u.display_name, "EmailAddress": u.email.clone().unwrap_or_else(|| u.username.clone()),
+                    "FirstName": first, "LastName": last, "Disabled": false, "SubscriptionAdmin": false,
+                    "SubscriptionPermission": "Subscription User", "WorkspacePermission": summary,
+                    "UserProfile": make_ref(Type::UserProfile, profile),
+                    "Subscription": make_ref(Type::Subscription, oids::SUBSCRIPTION),
+                }),
+            );
+            let default_project = u
+                .project_roles
+                .keys()
+                .filter_map(|k| k.parse::<i64>().ok())
+                .find(|p| Some(*p) == first_open)
+                .or(first_open);
+            put(
+                self,
+                Type::UserProfile,
+                profile,
+                json!({
+                    "DefaultWorkspace": make_ref(Type::Workspace, ws),
+                    "DefaultProject": default_project.map(|p| make_ref(Type::Project, p)).unwrap_or(Value::Null),
+                    "TimeZone": "UTC",
+                }),
+            );
+            put(
+                self,
+                Type::WorkspacePermission,
+                perm_oid,
+                json!({
+                    "Role": u.workspace_role, "Name": f.workspace, "Workspace": make_ref(Type::Workspace, ws), "User": make_ref(Type::User, u.oid),
+                    "CustomObjectID": format!("{}u{}w1", u.oid, ws),
+                }),
+            );
+            perm_oid += 1;
+            for (project, role) in &u.project_roles {
+                let Ok(p) = project.parse::<i64>() else {
+                    continue;
+                };
+                let state = f
+                    .projects
+                    .iter()
+                    .find(|x| x.oid == p)
+                    .map(|x| x.state.clone())
+                    .unwrap_or_default();
+                let pname = f
+                    .projects
+                    .iter()
+                    .find(|x| x.oid == p)
+                    .map(|x| x.name.clone())
+                    .unwrap_or_default();
+                put(
+                    self,
+                    Type::ProjectPermission,
+                    perm_oid,
+                    json!({
+                        "Role": role, "Name": pname, "Project": make_ref(Type::Project, p), "ProjectState": state,
+                        "Workspace": make_ref(Type::Workspace, ws), "User": make_ref(Type::User, u.oid),
+                        "CustomObjectID": format!("{}u{}p1", u.oid, p),
+                    }),
+                );
+                perm_oid += 1;
+            }
+        }
+        for tc in &f.test_cases {
+            let mut fields = json!({
+                "FormattedID": tc.formatted_id, "Name": tc.name, "Project": make_ref(Type::Project, tc.project),
+                "Workspace": make_ref(Type::Workspace, ws), "Recycled": tc.recycled, "Priority": "None", "Risk": "None",
+                "LastVerdict": null, "LastBuild": null, "LastRun": null, "LastResult": null,
+            });
+            if let Some(m) = fields.as_object_mut() {
+                for (k, v) in &tc.fields {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            put(self, Type::TestCase, tc.oid, fields);
+        }
+        for ts in &f.test_sets {
+            let members: Vec<Value> = ts
+                .test_cases
+                .iter()
+                .map(|t| make_ref(Type::TestCase, *t))
+                .collect();
+            put(
+                self,
+                Type::TestSet,
+                ts.oid,
+                json!({
+                    "FormattedID": ts.formatted_id, "Name": ts.name, "Project": make_ref(Type::Project, ts.project),
+                    "Workspace": make_ref(Type::Workspace, ws), "__members": members,
+                }),
+            );
+        }
+        for r in &f.test_case_results {
+            let project = self
+                .objects
+                .get(&r.test_case)
+                .and_then(|o| o.get_ref("Project"))
+                .map(|(_, p)| p);
+            let date = parse_date(&r.date)
+                .map(format_date)
+                .unwrap_or_else(|| r.date.clone());
+            let oid = self.allocate();
+            put(
+                self,
+                Type::TestCaseResult,
+                oid,
+                json!({
+                    "TestCase": make_ref(Type::TestCase, r.test_case), "Build": r.build, "Date": date, "Verdict": r.verdict,
+                    "Tester": r.tester.map(|t| make_ref(Type::User, t)).unwrap_or(Value::Null),
+                    "Notes": r.notes, "Duration": null, "TestSet": null,
+                    "Workspace": make_ref(Type::Workspace, ws),
+                    "Project": project.map(|p| make_ref(Type::Project, p)).unwrap_or(Value::Null),
+                }),
+            );
+            self.update_rollup(r.test_case);
+        }
+    }
+
+    pub fn allocate(&mut self) -> i64 {
+        let oid = self.next_oid;
+        self.next_oid += 1;
+        oid
+    }
+
+    pub fn insert(&mut self, obj: Obj) {
+        self.by_uuid.insert(obj.uuid.clone(), obj.oid);
+        self.objects.insert(obj.oid, obj);
+    }
+
+    pub fn remove(&mut self, oid: i64) -> Option<Obj> {
+        let obj = self.objects.remove(&oid)?;
+        self.by_uuid.remove(&obj.uuid);
+        if obj.ty == Type::TestCaseResult {
+            if let Some((_, tc)) = obj.get_ref("TestCase") {
+                self.update_rollup(tc);
+            }
+        }
+        Some(obj)
+    }
+
+    /// Looks an id up as an ObjectID or an ObjectUUID (with or without dashes).
+    pub fn resolve_id(&self, id: &str) -> Option<i64> {
+        if let Ok(oid) = id.parse::<i64>() {
+            return Some(oid);
+        }
+        let lower = id.to_ascii_lowercase();
+        if let Some(oid) = self.by_uuid.get(&lower) {
+            return Some(*oid);
+        }
+        if lower.len() == 32 {
+            let dashed = format!(
+                "{}-{}-{}-{}-{}",
+                &lower[0..8],
+                &lower[8..12],
+                &lower[12..16],
+                &lower[16..20],
+                &lower[20..]
+            );
+            return self.by_uuid.get(&dashed).copied();
+        }
+        None
+    }
+
+    /// An object that a client may see now: exists, right type, not recycled, past its read lag.
+    pub fn visible(&self, ty: Option<Type>, oid: i64, now: tokio::time::Instant) -> Option<&Obj> {
+        let obj = self.objects.get(&oid)?;
+        if ty.is_some_and(|t| t != obj.ty) {
+            return None;
+        }
+        if obj.fields.get("Recycled").and_then(Value::as_bool) == Some(true) {
+            return None;
+        }
+        if obj.visible_at.is_some_and(|t| t > now) {
+            return None;
+        }
+        Some(obj)
+    }
+
+    /// Parses a reference in any of its four spellings (full URL, `/type/oid`, `type/oid`,
+    /// `{"_ref": ...}`), with optional `.js`. Returns the type named and the object id.
+    pub fn parse_ref(&self, v: &Value) -> Option<(Type, i64)> {
+        let text = match v {
+            Value::String(s) => s.as_str(),
+            Value::Object(m) => {
+                if let Some(r) = ref_target(v) {
+                    return Some(r);
+                }
+                m.get("_ref").and_then(Value::as_str)?
+            }
+            _ => return None,
+        };
+        let path = match text.find("/slm/webservice/") {
+            Some(i) => &text[i..],
+            None => text,
+        };
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        // .../<type>/<id>[.js]
+        let id = crate::wsapi::strip_js(segments.last()?);
+        let ty = Type::parse(segments.get(segments.len().checked_sub(2)?)?)?;
+        Some((ty, self.resolve_id(id)?))
+    }
+
+    /// Members of a collection attribute (`Results`, `Projects`, ...), as object ids.
+    pub fn collection(&self, obj: &Obj, name: &str) -> Option<(Type, Vec<i64>)> {
+        let by_ref = |ty: Type, field: &str| -> Vec<i64> {
+            self.objects
+                .values()
+                .filter(|o| o.ty == ty && o.get_ref(field) == Some((obj.ty, obj.oid)))
+                .map(|o| o.oid)
+                .collect()
+        };
+        let name_l = name.to_ascii_lowercase();
+        Some(match (obj.ty, name_l.as_str()) {
+            (Type::Subscription, "workspaces") => {
+                (Type::Workspace, by_ref(Type::Workspace, "Subscription"))
+            }
+            (Type::Workspace, "projects") => (Type::Project, by_ref(Type::Project, "Workspace")),
+            (Type::Project, "testcases") => (Type::TestCase, by_ref(Type::TestCase, "Project")),
+            (Type::TestCase, "results") => (
+                Type::TestCaseResult,
+                by_ref(Type::TestCaseResult, "TestCase"),
+            ),
+            (Type::TestCase, "testsets") => (
+                Type::TestSet,
+                self.objects
+                    .values()
+                    .filter(|o| o.ty == Type::TestSet && members(o).contains(&obj.oid))
+                    .map(|o| o.oid)
+                    .collect(),
+            ),
+            (Type::TestSet, "testcases") => (Type::TestCase, members(obj)),
+            (Type::TestSet, "results") => (
+                Type::TestCaseResult,
+                by_ref(Type::TestCaseResult, "TestSet"),
+            ),
+            (Type::User, "userpermissions") => {
+                let mut v = by_ref(Type::WorkspacePermission, "User");
+                v.extend(by_ref(Type::ProjectPermission, "User"));
+                (Type::WorkspacePermission, v)
+            }
+            (Type::User, "teammemberships") => (Type::Project, vec![]),
+            _ => return None,
+        })
+    }
+
+    /// Collection attributes rendered on each type, with the `_type` of their members.
+    pub fn collection_names(ty: Type) -> &'static [(&'static str, &'static str)] {
+        match ty {
+            Type::Subscription => &[("Workspaces", "Workspace")],
+            Type::Workspace => &[("Projects", "Project")],
+            Type::Project => &[("TestCases", "TestCase")],
+            Type::TestCase => &[("Results", "TestCaseResult"), ("TestSets", "TestSet")],
+            Type::TestSet => &[("TestCases", "TestCase"), ("Results", "TestCaseResult")],
+            Type::User => &[
+                ("UserPermissions", "UserPermission"),
+                ("TeamMemberships", "Project"),
+            ],
+            _ => &[],
+        }
+    }
+
+    /// Recomputes LastVerdict/LastBuild/LastRun/LastResult of a TestCase from its results:
+    /// the result with the latest Date wins (ties: the later created). Which result Rally
+    /// uses is uncertain (rally-wsapi.md §17.5); docs/simulator.md says so.
+    pub fn update_rollup(&mut self, tc: i64) {
+        let latest = self
+            .objects
+            .values()
+            .filter(|o| {
+                o.ty == Type::TestCaseResult && o.get_ref("TestCase") == Some((Type::TestCase, tc))
+            })
+            .max_by(|a, b| {
+                let da = a.str_field("Date").and_then(parse_date);
+                let db = b.str_field("Date").and_then(parse_date);
+                da.cmp(&db).then(a.oid.cmp(&b.oid))
+            })
+            .map(|o| {
+                (
+                    o.oid,
+                    o.fields.get("Verdict").cloned().unwrap_or(Value::Null),
+                    o.fields.get("Build").cloned().unwrap_or(Value::Null),
+                    o.fields.get("Date").cloned().unwrap_or(Value::Null),
+                )
+            });
+        if let Some(obj) = self.objects.get_mut(&tc) {
+            let f = &mut obj.fields;
+            match latest {
+                Some((oid, verdict, build, date)) => {
+                    f.insert("LastVerdict".into(), verdict);
+                    f.insert("LastBuild".into(), build);
+                    f.insert("LastRun".into(), date);
+                    f.insert("LastResult".into(), make_ref(Type::TestCaseResult, oid));
+                }
+                None => {
+                    for k in ["LastVerdict", "LastBuild", "LastRun", "LastResult"] {
+                        f.insert(k.into(), Value::Null);
+                    }
+                }
+            }
+            obj.version += 1;
+        }
+    }
+
+    /// Role of `user` on `project`: Admin for workspace admins, else the project permission.
+    pub fn project_role(&self, user: i64, project: i64) -> Option<String> {
+        if self.objects.values().any(|o| {
+            o.ty == Type::WorkspacePermission
+                && o.get_ref("User") == Some((Type::User, user))
+                && o.str_field("Role") == Some("Admin")
+        }) {
+            return Some("Admin".into());
+        }
+        self.objects
+            .values()
+            .find(|o| {
+                o.ty == Type::ProjectPermission
+                    && o.get_ref("User") == Some((Type::User, user))
+                    && o.get_ref("Project") == Some((Type::Project, project))
+            })
+            .and_then(|o| o.str_field("Role").map(str::to_string))
+    }
+
+    pub fn project_open(&self, project: i64) -> bool {
+        self.objects
+            .get(&project)
+            .and_then(|p| p.str_field("State"))
+            != Some("Closed")
+    }
+
+    /// Finds the user an API key belongs to.
+    pub fn user_for_key(&self, key: &str) -> Option<Principal> {
+        self.fixtures.users.iter().find_map(|u| {
+            u.api_keys.iter().find(|k| k.key == key).map(|k| Principal {
+                user: u.oid,
+                read_only: k.read_only,
+                basic: false,
+            })
+        })
+    }
+
+    /// Checks a basic-auth user name and password.
+    pub fn user_for_password(&self, username: &str, password: &str) -> Option<Principal> {
+        self.fixtures
+            .users
+            .iter()
+            .find(|u| {
+                u.username.eq_ignore_ascii_case(username) && u.password.as_deref() == Some(password)
+            })
+            .map(|u| Principal {
+                user: u.oid,
+                read_only: false,
+                basic: true,
+            })
+    }
+
+    /// Opens a new session for a basic-auth user; returns its JSESSIONID.
+    pub fn new_session(&mut self, user: i64) -> String {
+        self.session_counter += 1;
+        let id = format!("simsession{:08x}{:08x}", user, self.session_counter);
+        self.sessions
+            .insert(id.clone(), Session { user, token: None });
+        id
+    }
+
+    pub fn objects_of(&self, ty: Type) -> impl Iterator<Item = &Obj> {
+        self.objects.values().filter(move |o| o.ty == ty)
+    }
+
+    pub fn custom_fields(&self, ty: Type) -> Vec<String> {
+        self.fixtures
+            .custom_fields
+            .get(ty.name())
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn members(obj: &Obj) -> Vec<i64> {
+    obj.fields
+        .get("__members")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(ref_target).map(|(_, o)| o).collect())
+        .unwrap_or_default()
+}
+
+/// Attributes present on `obj` (without internal ones).
+pub fn public_fields(obj: &Obj) -> impl Iterator<Item = (&String, &Value)> {
+    obj.fields.iter().filter(|(k, _)| !k.starts_with("__"))
+}
+
+/// An empty attribute map.
+pub fn new_fields() -> Map<String, Value> {
+    Map::new()
+}
