@@ -132,7 +132,10 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
             HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
         );
     }
-    if matches!(err, ProxyError::ShuttingDown) {
+    if matches!(
+        err,
+        ProxyError::ShuttingDown | ProxyError::Connect(_) | ProxyError::ForeignTarget { .. }
+    ) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

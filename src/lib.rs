@@ -132,6 +132,11 @@ pub async fn run_with(
             .map_err(|e| RunError::Setup(e.to_string()))?,
     );
 
+    let admin_task_addr = listeners
+        .admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let admin_token = CancellationToken::new();
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
@@ -158,8 +163,10 @@ pub async fn run_with(
             local.map(|a| a.to_string()).unwrap_or_default()
         ),
     );
+    let admin_addr = admin_task_addr;
     tracing::info!(
-        listen = ?local,
+        proxy_addr = %local.map(|a| a.to_string()).unwrap_or_default(),
+        admin_addr = %admin_addr,
         tls = tls.is_some(),
         upstream = %config.upstream.origin_string(),
         route = ?route,

@@ -115,6 +115,9 @@ struct SimulateArgs {
     /// Do not serve the /__sim/ control API.
     #[arg(long)]
     no_control_api: bool,
+    /// Print the default fixtures as JSON (a starting point for --fixtures) and exit.
+    #[arg(long)]
+    print_fixtures: bool,
 }
 
 fn main() -> ExitCode {
@@ -221,6 +224,18 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn simulate(args: SimulateArgs) -> ExitCode {
     use rally_sidecar::sim::{self, SimOptions, faults::FaultConfig, model::Fixtures};
+    if args.print_fixtures {
+        return match serde_json::to_string_pretty(&Fixtures::default()) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rally-sidecar simulate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     rally_sidecar::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),

@@ -147,7 +147,7 @@ impl Proxy {
         conn: ConnInfo,
         bytes_in: Arc<AtomicU64>,
     ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
-        self.admit(&req)?;
+        self.admit(&req, &conn)?;
         let client_origin = client_origin(&req, conn.tls);
         let is_head = req.method() == Method::HEAD;
 
@@ -202,21 +202,22 @@ impl Proxy {
     }
 
     /// Phase 2: not an open proxy.
-    fn admit(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    fn admit(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Result<(), ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::Connect(self.upstream_origin.clone()));
         }
         // HTTP/2 always carries an authority (the sidecar's own); only an HTTP/1 absolute-form
-        // target can name another host. The sidecar never contacts it, but says so clearly.
+        // target can name another host. It is accepted when it names the upstream (a client
+        // that uses the sidecar as its forward proxy for Rally) or the sidecar's own address;
+        // anything else is refused. The sidecar never contacts another host either way.
         if req.version() <= Version::HTTP_11 {
             if let Some(authority) = req.uri().authority() {
-                let host_header = req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok());
                 let upstream = self.upstream_authority.to_str().unwrap_or_default();
                 let named = authority.as_str();
-                if Some(named) != host_header && !named.eq_ignore_ascii_case(upstream) {
+                let own = named == conn.local.to_string()
+                    || (authority.port_u16() == Some(conn.local.port())
+                        && matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]"));
+                if !own && !named.eq_ignore_ascii_case(upstream) {
                     return Err(ProxyError::ForeignTarget {
                         target: named.to_string(),
                         upstream: self.upstream_origin.clone(),

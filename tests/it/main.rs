@@ -1,0 +1,8 @@
+//! Integration tests: one binary, a module per area (ripgrep's layout). Every test runs over
+//! real sockets on 127.0.0.1:0.
+
+mod edges;
+mod process;
+mod sim_api;
+mod support;
+mod transparency;
