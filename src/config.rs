@@ -377,13 +377,13 @@ fn socket_addr(key: &str, text: &str, errors: &mut Vec<ConfigError>) -> SocketAd
 }
 
 fn existing_file(key: &str, path: &Option<PathBuf>, errors: &mut Vec<ConfigError>) {
-    if let Some(p) = path {
-        if !p.is_file() {
-            errors.push(ConfigError {
-                key: key.into(),
-                message: format!("{} is not a readable file", p.display()),
-            });
-        }
+    if let Some(p) = path
+        && !p.is_file()
+    {
+        errors.push(ConfigError {
+            key: key.into(),
+            message: format!("{} is not a readable file", p.display()),
+        });
     }
 }
 

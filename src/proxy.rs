@@ -210,19 +210,19 @@ impl Proxy {
         // target can name another host. It is accepted when it names the upstream (a client
         // that uses the sidecar as its forward proxy for Rally) or the sidecar's own address;
         // anything else is refused. The sidecar never contacts another host either way.
-        if req.version() <= Version::HTTP_11 {
-            if let Some(authority) = req.uri().authority() {
-                let upstream = self.upstream_authority.to_str().unwrap_or_default();
-                let named = authority.as_str();
-                let own = named == conn.local.to_string()
-                    || (authority.port_u16() == Some(conn.local.port())
-                        && matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]"));
-                if !own && !named.eq_ignore_ascii_case(upstream) {
-                    return Err(ProxyError::ForeignTarget {
-                        target: named.to_string(),
-                        upstream: self.upstream_origin.clone(),
-                    });
-                }
+        if req.version() <= Version::HTTP_11
+            && let Some(authority) = req.uri().authority()
+        {
+            let upstream = self.upstream_authority.to_str().unwrap_or_default();
+            let named = authority.as_str();
+            let own = named == conn.local.to_string()
+                || (authority.port_u16() == Some(conn.local.port())
+                    && matches!(authority.host(), "localhost" | "127.0.0.1" | "[::1]"));
+            if !own && !named.eq_ignore_ascii_case(upstream) {
+                return Err(ProxyError::ForeignTarget {
+                    target: named.to_string(),
+                    upstream: self.upstream_origin.clone(),
+                });
             }
         }
         Ok(())
@@ -249,27 +249,26 @@ impl Proxy {
                 .headers
                 .get(header::LOCATION)
                 .and_then(|v| v.to_str().ok())
-            {
-                if let Some(new) = refs::rewrite_location(
+                && let Some(new) = refs::rewrite_location(
                     loc,
                     &self.upstream_origin,
                     client_origin.unwrap_or_default(),
-                ) {
-                    if let Ok(v) = HeaderValue::from_str(&new) {
-                        parts.headers.insert(header::LOCATION, v);
-                    }
-                }
+                )
+                && let Ok(v) = HeaderValue::from_str(&new)
+            {
+                parts.headers.insert(header::LOCATION, v);
             }
             let has_body = !is_head
                 && parts.status != StatusCode::NO_CONTENT
                 && parts.status != StatusCode::NOT_MODIFIED
                 && !parts.status.is_informational();
-            if has_body && is_json(&parts.headers) {
-                if let Some(coding) = coding(&parts.headers) {
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                    self.metrics.ref_rewrites.inc();
-                    body = refs::rewrite_body(body, coding, rw);
-                }
+            if has_body
+                && is_json(&parts.headers)
+                && let Some(coding) = coding(&parts.headers)
+            {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                self.metrics.ref_rewrites.inc();
+                body = refs::rewrite_body(body, coding, rw);
             }
         }
         Response::from_parts(parts, body)

@@ -427,14 +427,14 @@ impl Simulator {
             }
         };
 
-        if let Some(rest) = path.strip_prefix("/__sim/") {
-            if self.opts.control_api {
-                return Ok(respond(
-                    self.control(&parts.method, rest, &bytes, &origin),
-                    None,
-                    false,
-                ));
-            }
+        if let Some(rest) = path.strip_prefix("/__sim/")
+            && self.opts.control_api
+        {
+            return Ok(respond(
+                self.control(&parts.method, rest, &bytes, &origin),
+                None,
+                false,
+            ));
         }
 
         // Authenticate, then count this request as open for its user.

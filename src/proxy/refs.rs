@@ -99,7 +99,7 @@ impl Rewriter {
                         advanced = true;
                         break;
                     }
-                } else if !last && from.starts_with(rest) || !last && rest.starts_with(from) {
+                } else if !last && from.starts_with(rest) {
                     // Could still become a match once more bytes arrive: hold back from here.
                     out.extend_from_slice(&buf[emitted..i]);
                     self.carry = buf[i..].to_vec();

@@ -182,12 +182,12 @@ fn in_scope(store: &Store, ctx: &Ctx, obj: &Obj) -> bool {
         {
             return false;
         }
-        if let Some(scope) = ctx.param("project") {
-            if scope != "null" && !scope.is_empty() {
-                if let Some((_, want)) = store.parse_ref(&Value::String(scope.to_string())) {
-                    return want == p;
-                }
-            }
+        if let Some(scope) = ctx.param("project")
+            && scope != "null"
+            && !scope.is_empty()
+            && let Some((_, want)) = store.parse_ref(&Value::String(scope.to_string()))
+        {
+            return want == p;
         }
     }
     true

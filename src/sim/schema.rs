@@ -148,17 +148,16 @@ pub fn read_only(ty: Type, name: &str) -> bool {
         && name != "Workspace"
 }
 
+/// One AttributeDefinition: `attr` is (name, type, required, read-only).
 fn attr_def(
     origin: &str,
     ty: Type,
     n: usize,
-    name: &str,
-    kind: &str,
-    required: bool,
-    ro: bool,
+    attr: (&str, &str, bool, bool),
     custom: bool,
     allowed: &[String],
 ) -> Value {
+    let (name, kind, required, ro) = attr;
     let allowed_values: Vec<Value> = allowed
         .iter()
         .map(|v| json!({"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "StringValue": v}))
@@ -192,7 +191,12 @@ pub fn document(
                 vec![]
             };
             attrs.push(attr_def(
-                origin, *ty, n, name, kind, *required, *ro, false, &allowed,
+                origin,
+                *ty,
+                n,
+                (name, kind, *required, *ro),
+                false,
+                &allowed,
             ));
         }
         for (n, name) in custom(*ty).iter().enumerate() {
@@ -200,10 +204,7 @@ pub fn document(
                 origin,
                 *ty,
                 50 + n,
-                name,
-                "STRING",
-                false,
-                false,
+                (name, "STRING", false, false),
                 true,
                 &[],
             ));

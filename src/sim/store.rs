@@ -243,10 +243,10 @@ impl Store {
     pub fn remove(&mut self, oid: i64) -> Option<Obj> {
         let obj = self.objects.remove(&oid)?;
         self.by_uuid.remove(&obj.uuid);
-        if obj.ty == Type::TestCaseResult {
-            if let Some((_, tc)) = obj.get_ref("TestCase") {
-                self.update_rollup(tc);
-            }
+        if obj.ty == Type::TestCaseResult
+            && let Some((_, tc)) = obj.get_ref("TestCase")
+        {
+            self.update_rollup(tc);
         }
         Some(obj)
     }

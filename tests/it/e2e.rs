@@ -12,7 +12,7 @@ use rally_sidecar::config::{Overrides, RawConfig};
 use rally_sidecar::sim::model::{FixtureResult, Fixtures};
 use rally_sidecar::sim::{self, SimHandle, SimOptions};
 
-use crate::support::{temp_dir, Sidecar};
+use crate::support::{Sidecar, temp_dir};
 
 /// pyral for the machine's Python 3.11 (1.7.0 needs 3.12; see rally-wsapi.md's note).
 const PYRAL_311: &str = "pyral==1.6.0";
@@ -34,7 +34,10 @@ fn root() -> PathBuf {
 }
 
 fn run(cmd: &mut std::process::Command, what: &str) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}\n{}",
@@ -46,18 +49,27 @@ fn run(cmd: &mut std::process::Command, what: &str) {
 
 /// A Python >= 3.12 on this machine, if any (PATH first, then pyenv's versions).
 fn python_312() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = ["python3.14", "python3.13", "python3.12"].iter().map(PathBuf::from).collect();
-    if let Ok(home) = std::env::var("HOME") {
-        if let Ok(dir) = std::fs::read_dir(Path::new(&home).join(".pyenv/versions")) {
-            let mut found: Vec<PathBuf> = dir.filter_map(|e| e.ok()).map(|e| e.path().join("bin/python3")).collect();
-            found.sort();
-            found.reverse();
-            candidates.extend(found);
-        }
+    let mut candidates: Vec<PathBuf> = ["python3.14", "python3.13", "python3.12"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    if let Ok(home) = std::env::var("HOME")
+        && let Ok(dir) = std::fs::read_dir(Path::new(&home).join(".pyenv/versions"))
+    {
+        let mut found: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin/python3"))
+            .collect();
+        found.sort();
+        found.reverse();
+        candidates.extend(found);
     }
     candidates.into_iter().find(|p| {
         std::process::Command::new(p)
-            .args(["-c", "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)"])
+            .args([
+                "-c",
+                "import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -75,7 +87,15 @@ fn pip_install(python: &Path, target: &Path, pins: &[&str]) {
     let _ = std::fs::remove_dir_all(target);
     run(
         std::process::Command::new(python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--target",
+            ])
             .arg(target)
             .args(pins),
         &format!("pip install {want}"),
@@ -102,7 +122,9 @@ pub fn toolchain() -> &'static Toolchain {
                 pip_install(&py, &target, &[PYRAL_312, REQUESTS]);
                 pythons.push((py, target, PYRAL_312.to_string()));
             }
-            None => eprintln!("e2e: no Python >= 3.12 found; pyral 1.7.0 is not exercised on this machine"),
+            None => eprintln!(
+                "e2e: no Python >= 3.12 found; pyral 1.7.0 is not exercised on this machine"
+            ),
         }
 
         let node = dir.join("node");
@@ -111,7 +133,14 @@ pub fn toolchain() -> &'static Toolchain {
             std::fs::create_dir_all(&node).expect("node dir");
             run(
                 std::process::Command::new("npm")
-                    .args(["install", "--silent", "--no-audit", "--no-fund", "--no-package-lock", "--prefix"])
+                    .args([
+                        "install",
+                        "--silent",
+                        "--no-audit",
+                        "--no-fund",
+                        "--no-package-lock",
+                        "--prefix",
+                    ])
                     .arg(&node)
                     .arg(NODE_RALLY),
                 "npm install rally",
@@ -119,7 +148,10 @@ pub fn toolchain() -> &'static Toolchain {
             std::fs::write(&marker, NODE_RALLY).expect("marker");
         }
         drop(lock);
-        Toolchain { pythons, node_modules: node.join("node_modules") }
+        Toolchain {
+            pythons,
+            node_modules: node.join("node_modules"),
+        }
     })
 }
 
@@ -131,12 +163,25 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub async fn start(fixtures: Fixtures, tweak: impl FnOnce(&mut RawConfig, &mut Overrides)) -> Stack {
+    pub async fn start(
+        fixtures: Fixtures,
+        tweak: impl FnOnce(&mut RawConfig, &mut Overrides),
+    ) -> Stack {
         let dir = temp_dir("e2e-tls");
         let certs = rally_sidecar::cert::generate(&dir, &[]).expect("certs");
         let tls = rally_sidecar::tls::server_config(&certs.cert, &certs.key, true).expect("tls");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let sim = sim::start(listener, Some(tls), SimOptions { fixtures, ..SimOptions::default() }).expect("sim");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let sim = sim::start(
+            listener,
+            Some(tls),
+            SimOptions {
+                fixtures,
+                ..SimOptions::default()
+            },
+        )
+        .expect("sim");
         let (cert, key, ca) = (certs.cert.clone(), certs.key.clone(), certs.ca_cert.clone());
         let sidecar = Sidecar::start(&sim.base_url, |raw, ov| {
             ov.tls_cert = Some(cert);
@@ -145,7 +190,11 @@ impl Stack {
             tweak(raw, ov);
         })
         .await;
-        Stack { sim, sidecar, ca: certs.ca_cert }
+        Stack {
+            sim,
+            sidecar,
+            ca: certs.ca_cert,
+        }
     }
 
     pub fn sim_hostport(&self) -> String {
@@ -173,12 +222,25 @@ pub fn bulk_fixtures() -> Fixtures {
 
 /// Runs a client script with a bounded time; returns its JSON line.
 pub async fn run_script(mut cmd: tokio::process::Command, what: &str) -> serde_json::Value {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     // The machine may set these globally; the scripts must trust only our CA and go direct.
-    for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"] {
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "CURL_CA_BUNDLE",
+    ] {
         cmd.env_remove(var);
     }
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("{what}: did not finish within 300 s"))
@@ -187,12 +249,25 @@ pub async fn run_script(mut cmd: tokio::process::Command, what: &str) -> serde_j
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stdout.lines().last().unwrap_or("");
     let v: serde_json::Value = serde_json::from_str(last).unwrap_or(serde_json::Value::Null);
-    assert!(out.status.success() && v["ok"] == true, "{what} failed:\nstdout: {stdout}\nstderr: {stderr}");
-    tracing::info!(what, checks = v["checks"].as_array().map(Vec::len), "e2e script passed");
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "{what} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    tracing::info!(
+        what,
+        checks = v["checks"].as_array().map(Vec::len),
+        "e2e script passed"
+    );
     v
 }
 
-pub fn pyral(python: &Path, pythonpath: &Path, script: &str, server: &str, ca: &Path) -> tokio::process::Command {
+pub fn pyral(
+    python: &Path,
+    pythonpath: &Path,
+    script: &str,
+    server: &str,
+    ca: &Path,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(root().join("tests/e2e").join(script))
         .env("PYTHONPATH", pythonpath)
@@ -217,7 +292,10 @@ async fn pyral_runs_unchanged_against_the_simulator_and_through_the_sidecar() {
     let tools = toolchain();
     let stack = Stack::start(bulk_fixtures(), |_, _| {}).await;
     for (python, path, label) in &tools.pythons {
-        for (target, server) in [("simulator", stack.sim_hostport()), ("sidecar", stack.sidecar_hostport())] {
+        for (target, server) in [
+            ("simulator", stack.sim_hostport()),
+            ("sidecar", stack.sidecar_hostport()),
+        ] {
             for auth in ["apikey", "basic"] {
                 let mut cmd = pyral(python, path, "pyral_results.py", &server, &stack.ca);
                 cmd.env("E2E_AUTH", auth).env("E2E_BULK", BULK.to_string());

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Integration tests: one binary, a module per area (ripgrep's layout). Every test runs over
 //! real sockets on 127.0.0.1:0.
 

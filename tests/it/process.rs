@@ -9,6 +9,7 @@ use tokio::process::{Child, Command};
 pub struct SidecarProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    #[allow(dead_code)]
     pub admin: SocketAddr,
     pub pid: u32,
     /// Every stderr line, collected in the background.
@@ -51,14 +52,14 @@ impl SidecarProcess {
                 .expect("sidecar started in time")
                 .expect("read stderr")
                 .expect("sidecar exited before it was ready");
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if let (Some(p), Some(a)) = (
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let (Some(p), Some(a)) = (
                     v["fields"]["proxy_addr"].as_str(),
                     v["fields"]["admin_addr"].as_str(),
-                ) {
-                    addr = p.parse().ok();
-                    admin = a.parse().ok();
-                }
+                )
+            {
+                addr = p.parse().ok();
+                admin = a.parse().ok();
             }
             lines.lock().expect("lines").push(line);
         }

@@ -24,7 +24,8 @@ async fn same_answers_direct_and_through_the_sidecar() {
     let origin = origin(None).await;
     // Rewriting is tested on its own; here the comparison must be byte-exact.
     let sidecar = Sidecar::start(&origin.url, |raw, _| raw.top.rewrite_refs = Some(false)).await;
-    let cases: Vec<(Method, &str, &[(&str, &str)], Bytes)> = vec![
+    type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], Bytes);
+    let cases: Vec<Case> = vec![
         (Method::GET, "/binary", &[], Bytes::new()),
         (Method::GET, "/chunked", &[], Bytes::new()),
         (Method::HEAD, "/binary", &[], Bytes::new()),

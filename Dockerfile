@@ -1,0 +1,41 @@
+# rally-sidecar container image.
+#   docker build -t rally-sidecar .
+#   docker run --rm -p 8443:8443 -p 9464:9464 \
+#     -v $PWD/tls:/etc/rally-sidecar/tls:ro -v rally-journal:/var/lib/rally-sidecar rally-sidecar
+# Configuration: /etc/rally-sidecar/config.toml (mount it and pass --config) or
+# RALLY_SIDECAR_<SECTION>_<KEY> variables. See config.example.toml.
+
+# ---- build ----
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY src ./src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
+    && strip target/release/rally-sidecar
+
+# ---- runtime ----
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 rally \
+    && useradd --system --uid 10001 --gid rally --home-dir /var/lib/rally-sidecar --shell /usr/sbin/nologin rally \
+    && mkdir -p /etc/rally-sidecar/tls /var/lib/rally-sidecar \
+    && chown -R rally:rally /var/lib/rally-sidecar
+COPY --from=build /src/target/release/rally-sidecar /usr/local/bin/rally-sidecar
+COPY config.example.toml /etc/rally-sidecar/config.example.toml
+
+# In a container the listeners must face the pod/container network, not loopback.
+ENV RALLY_SIDECAR_LISTEN_ADDR=0.0.0.0:8443 \
+    RALLY_SIDECAR_ADMIN_LISTEN=0.0.0.0:9464 \
+    RALLY_SIDECAR_LOG_FORMAT=json
+VOLUME ["/etc/rally-sidecar", "/var/lib/rally-sidecar"]
+EXPOSE 8443 9464
+USER 10001:10001
+WORKDIR /var/lib/rally-sidecar
+ENTRYPOINT ["/usr/local/bin/rally-sidecar"]
+CMD ["serve"]
