@@ -1,6 +1,10 @@
 //! Log set-up: tracing with a human or JSON format; `RUST_LOG` wins over `log.level`.
 //! Nothing logs a credential: request paths go through [`crate::redact`] and no code logs
 //! request headers or bodies.
+//!
+//! Lines go straight to stderr, one write per line. A background writer thread
+//! (tracing-appender) was measured slower on a 2-core machine: the extra thread competes with
+//! the workers (docs/benchmarks.md).
 
 use crate::config::{LogConfig, LogFormat};
 
