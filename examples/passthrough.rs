@@ -66,9 +66,15 @@ fn args() -> Args {
 fn start_origin(body: Bytes, json: bool, addr: Option<String>) -> std::net::SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(addr.as_deref().unwrap_or("127.0.0.1:0")).await.unwrap();
+            let listener = tokio::net::TcpListener::bind(addr.as_deref().unwrap_or("127.0.0.1:0"))
+                .await
+                .unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
@@ -79,12 +85,18 @@ fn start_origin(body: Bytes, json: bool, addr: Option<String>) -> std::net::Sock
                         let body = body.clone();
                         async move {
                             let mut r = hyper::Response::new(Full::new(body));
-                            let ct = if json { "application/json" } else { "application/octet-stream" };
+                            let ct = if json {
+                                "application/json"
+                            } else {
+                                "application/octet-stream"
+                            };
                             r.headers_mut().insert("content-type", ct.parse().unwrap());
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -96,7 +108,9 @@ fn origin_body(n: usize, json: bool, origin: &str) -> Bytes {
     if !json {
         return Bytes::from(vec![b'x'; n]);
     }
-    let item = format!(r#"{{"_rallyAPIMajor":"2","_rallyAPIMinor":"0","_ref":"{origin}/slm/webservice/v2.0/testcaseresult/10000000001","_refObjectName":"b1 Pass","_type":"TestCaseResult"}},"#);
+    let item = format!(
+        r#"{{"_rallyAPIMajor":"2","_rallyAPIMinor":"0","_ref":"{origin}/slm/webservice/v2.0/testcaseresult/10000000001","_refObjectName":"b1 Pass","_type":"TestCaseResult"}},"#
+    );
     let mut s = String::from(r#"{"QueryResult":{"Errors":[],"Warnings":[],"Results":["#);
     while s.len() + item.len() < n {
         s.push_str(&item);
@@ -120,12 +134,15 @@ async fn load(url: &str, connections: usize, seconds: u64) -> Outcome {
     for _ in 0..connections {
         let url: hyper::Uri = url.parse().unwrap();
         tasks.push(tokio::spawn(async move {
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist =
+                hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut errors = 0u64;
             let host = url.authority().unwrap().to_string();
             let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
             stream.set_nodelay(true).unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(conn);
             while Instant::now() < deadline {
                 let req = hyper::Request::get(url.path_and_query().unwrap().as_str())
@@ -160,20 +177,39 @@ async fn load(url: &str, connections: usize, seconds: u64) -> Outcome {
         hist.add(h).unwrap();
         errors += e;
     }
-    Outcome { requests: hist.len(), errors, elapsed: start.elapsed(), hist }
+    Outcome {
+        requests: hist.len(),
+        errors,
+        elapsed: start.elapsed(),
+        hist,
+    }
 }
 
-fn spawn_sidecar(bin: &str, upstream: &str, env: &[(String, String)]) -> (std::process::Child, String) {
+fn spawn_sidecar(
+    bin: &str,
+    upstream: &str,
+    env: &[(String, String)],
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(bin);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", upstream])
-        .env("RALLY_SIDECAR_LOG_FORMAT", "json")
-        .env("RALLY_SIDECAR_LOG_LEVEL", "warn,rally_sidecar=info")
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+    ])
+    .env("RALLY_SIDECAR_LOG_FORMAT", "json")
+    .env("RALLY_SIDECAR_LOG_LEVEL", "warn,rally_sidecar=info")
+    .stderr(std::process::Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e} (run cargo build --release first)"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (run cargo build --release first)"));
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufReader::new(stderr).lines();
     loop {
@@ -191,9 +227,13 @@ fn spawn_sidecar(bin: &str, upstream: &str, env: &[(String, String)]) -> (std::p
 
 fn main() {
     let a = args();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // The origin's address must be known to build a JSON body naming it; bind first.
-    let probe = std::net::TcpListener::bind(a.origin_addr.as_deref().unwrap_or("127.0.0.1:0")).unwrap();
+    let probe =
+        std::net::TcpListener::bind(a.origin_addr.as_deref().unwrap_or("127.0.0.1:0")).unwrap();
     let origin_addr = probe.local_addr().unwrap();
     drop(probe);
     let origin_url = format!("http://{origin_addr}");
@@ -202,8 +242,14 @@ fn main() {
     let (mut child, sidecar_addr) = spawn_sidecar(&a.sidecar, &origin_url, &a.sidecar_env);
 
     let mut targets = vec![
-        ("direct".to_string(), format!("http://{origin}/slm/webservice/v2.0/testcaseresult")),
-        ("rally-sidecar".to_string(), format!("http://{sidecar_addr}/slm/webservice/v2.0/testcaseresult")),
+        (
+            "direct".to_string(),
+            format!("http://{origin}/slm/webservice/v2.0/testcaseresult"),
+        ),
+        (
+            "rally-sidecar".to_string(),
+            format!("http://{sidecar_addr}/slm/webservice/v2.0/testcaseresult"),
+        ),
     ];
     for t in &a.targets {
         targets.push((t.clone(), t.replace("{origin}", &origin.to_string())));
@@ -214,9 +260,13 @@ fn main() {
         if a.json { " (JSON with refs)" } else { "" },
         a.connections,
         a.seconds,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
-    println!("\n| target | req/s | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---:|---:|---:|---:|---:|");
+    println!(
+        "\n| target | req/s | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---:|---:|---:|---:|---:|"
+    );
     let results: Vec<_> = targets
         .iter()
         .map(|(name, url)| {
@@ -225,7 +275,13 @@ fn main() {
             let o = rt.block_on(load(url, a.connections, a.seconds));
             let rps = o.requests as f64 / o.elapsed.as_secs_f64();
             let ms = |q: f64| o.hist.value_at_quantile(q) as f64 / 1000.0;
-            println!("| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {} |", ms(0.5), ms(0.99), ms(0.999), o.errors);
+            println!(
+                "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                o.errors
+            );
             (name.clone(), rps, ms(0.5), ms(0.99))
         })
         .collect();

@@ -398,3 +398,71 @@ fn example_config_parses_and_its_defaults_are_the_codes() {
         }
     }
 }
+
+#[tokio::test]
+async fn outbound_proxy_from_config_with_basic_auth() {
+    use std::sync::atomic::Ordering;
+    let origin = origin(None).await;
+    let proxy = support::connect_proxy(Some("corp:s3cret")).await;
+    let url = format!("http://corp:s3cret@{}", proxy.addr);
+    let sidecar = Sidecar::start(&origin.url, |raw, _| raw.upstream.proxy = Some(url)).await;
+    assert_eq!(
+        get(&sidecar.url("/binary"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        proxy.tunnels.load(Ordering::SeqCst),
+        1,
+        "reached the upstream through a CONNECT tunnel"
+    );
+    assert_eq!(
+        proxy.refused.load(Ordering::SeqCst),
+        0,
+        "with the proxy credentials"
+    );
+    sidecar.stop().await;
+
+    let wrong = format!("http://corp:wrong@{}", proxy.addr);
+    let sidecar = Sidecar::start(&origin.url, |raw, _| raw.upstream.proxy = Some(wrong)).await;
+    let a = get(&sidecar.url("/binary"), &[]).await;
+    assert_eq!(
+        a.status,
+        StatusCode::BAD_GATEWAY,
+        "a refused tunnel is a failed upstream"
+    );
+    assert_eq!(proxy.refused.load(Ordering::SeqCst), 1);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn outbound_proxy_from_the_environment_and_no_proxy() {
+    use std::sync::atomic::Ordering;
+    let origin = origin(None).await;
+    let proxy = support::connect_proxy(None).await;
+    let via = format!("http://{}", proxy.addr);
+    let env_of = |extra: &'static [(&'static str, &'static str)]| {
+        let mut v: Vec<(&str, String)> =
+            vec![("HTTP_PROXY", via.clone()), ("HTTPS_PROXY", via.clone())];
+        v.extend(extra.iter().map(|(k, val)| (*k, val.to_string())));
+        v
+    };
+    let cases: [(&[(&str, &str)], usize); 3] = [
+        (&[], 1),                                         // the environment is honoured
+        (&[("NO_PROXY", "127.0.0.1")], 0),                // NO_PROXY exempts the upstream
+        (&[("RALLY_SIDECAR_UPSTREAM_PROXY", "none")], 0), // the config key wins over the environment
+    ];
+    for (extra, want) in cases {
+        let before = proxy.tunnels.load(Ordering::SeqCst);
+        let env = env_of(extra);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let proc = SidecarProcess::spawn(&origin.url, &env).await;
+        let a = get(&format!("http://{}/binary", proc.addr), &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{extra:?}");
+        assert_eq!(
+            proxy.tunnels.load(Ordering::SeqCst) - before,
+            want,
+            "{extra:?}"
+        );
+        proc.stop().await;
+    }
+}

@@ -481,3 +481,73 @@ use futures_util::StreamExt;
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
+
+/// A minimal CONNECT proxy: counts tunnels, optionally demands `Proxy-Authorization`.
+pub struct ConnectProxy {
+    pub addr: SocketAddr,
+    pub tunnels: Arc<std::sync::atomic::AtomicUsize>,
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn connect_proxy(basic_auth: Option<&str>) -> ConnectProxy {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let want = basic_auth.map(|a| {
+        use base64::Engine;
+        format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode(a)
+        )
+        .to_ascii_lowercase()
+    });
+    let (t, r) = (tunnels.clone(), refused.clone());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (t, r, want) = (t.clone(), r.clone(), want.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let target = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                let auth_ok = match &want {
+                    None => true,
+                    Some(w) => text.lines().any(|l| {
+                        l.to_ascii_lowercase().starts_with("proxy-authorization:")
+                            && l.to_ascii_lowercase().ends_with(w.as_str())
+                    }),
+                };
+                if !text.starts_with("CONNECT ") || !auth_ok {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let _ = client.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n").await;
+                    return;
+                }
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                };
+                t.fetch_add(1, Ordering::SeqCst);
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    ConnectProxy {
+        addr,
+        tunnels,
+        refused,
+    }
+}
