@@ -10,7 +10,12 @@
 //! Extra `--target URL` values (e.g. an nginx in front of the same origin) are measured too;
 //! `{origin}` in a target is replaced by the origin's address. Results print as a Markdown table.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::zombie_processes
+)]
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -214,13 +219,13 @@ fn spawn_sidecar(
     let mut lines = std::io::BufReader::new(stderr).lines();
     loop {
         let line = lines.next().expect("sidecar exited").unwrap();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if let Some(addr) = v["fields"]["proxy_addr"].as_str() {
-                let addr = addr.to_string();
-                // Keep draining stderr so the sidecar never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines.by_ref() {});
-                return (child, addr);
-            }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && let Some(addr) = v["fields"]["proxy_addr"].as_str()
+        {
+            let addr = addr.to_string();
+            // Keep draining stderr so the sidecar never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return (child, addr);
         }
     }
 }
