@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::full;
+use crate::intercept::context::{BuildContext, SetContext};
 use crate::metrics::Metrics;
 use crate::server::{Body, BoxError, BoxFuture, ConnInfo, Handler};
 
@@ -54,9 +55,78 @@ pub struct Admin {
     pub readiness: Arc<Readiness>,
     pub enable_shutdown: bool,
     pub shutdown: CancellationToken,
+    pub context: Arc<BuildContext>,
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_vec_pretty(v).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 impl Admin {
+    /// `GET|PUT|DELETE /context`: the build context (see docs/enrichment.md).
+    async fn context(&self, req: Request<Incoming>) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let view = |v: &crate::intercept::context::ContextView| {
+            serde_json::to_value(v).unwrap_or_default()
+        };
+        match *req.method() {
+            Method::GET => json_response(StatusCode::OK, &view(&self.context.view())),
+            Method::PUT | Method::POST => {
+                let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            &serde_json::json!({"error": e.to_string()}),
+                        );
+                    }
+                };
+                match serde_json::from_slice::<SetContext>(&body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| self.context.set(c))
+                {
+                    Ok(v) => {
+                        tracing::info!(context = ?v, "build context set");
+                        json_response(StatusCode::OK, &view(&v))
+                    }
+                    Err(e) => json_response(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"error": e, "expected": {"build": "2026.11.24-7", "workspace": "(optional) /workspace/<oid>", "project": "(optional) /project/<oid>"}}),
+                    ),
+                }
+            }
+            Method::DELETE => {
+                let q = req.uri().query().unwrap_or("");
+                let param = |name: &str| {
+                    q.split('&')
+                        .find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+                        .map(|v| {
+                            percent_encoding::percent_decode_str(v)
+                                .decode_utf8_lossy()
+                                .into_owned()
+                        })
+                };
+                let v = self
+                    .context
+                    .clear(param("workspace").as_deref(), param("project").as_deref());
+                json_response(StatusCode::OK, &view(&v))
+            }
+            _ => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &serde_json::json!({"error": "use GET, PUT or DELETE"}),
+            ),
+        }
+    }
+
     fn respond(&self, req: &Request<Incoming>) -> Response<Body> {
         let text = |status: StatusCode, body: String| {
             let mut r = Response::new(full(body));
@@ -98,7 +168,7 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /readyz, /metrics\n".into(),
+                "not found; try /healthz, /readyz, /metrics, /context\n".into(),
             ),
         }
     }
@@ -113,6 +183,11 @@ impl Handler for AdminHandler {
         _conn: ConnInfo,
     ) -> BoxFuture<Result<Response<Body>, BoxError>> {
         let admin = self.0.clone();
-        Box::pin(async move { Ok(admin.respond(&req)) })
+        Box::pin(async move {
+            if req.uri().path() == "/context" {
+                return Ok(admin.context(req).await);
+            }
+            Ok(admin.respond(&req))
+        })
     }
 }

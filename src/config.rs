@@ -104,6 +104,80 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
+/// A value written as a string or a number (`RALLY_SIDECAR_BUILD=1234` arrives as a number).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Text {
+    Str(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl Text {
+    pub fn into_string(self) -> String {
+        match self {
+            Text::Str(s) => s,
+            Text::Int(i) => i.to_string(),
+            Text::Float(f) => f.to_string(),
+        }
+    }
+}
+
+/// A list written as a TOML array or, from the environment, as a comma-separated string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum List {
+    Items(Vec<String>),
+    Comma(String),
+}
+
+impl List {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            List::Items(v) => v,
+            List::Comma(s) => s
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntercept {
+    pub mode: Option<String>,
+    pub max_body: Option<u64>,
+    pub enrich_updates: Option<bool>,
+    pub block_status: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawContext {
+    pub build: Option<Text>,
+    pub tester: Option<String>,
+    pub build_env: Option<List>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    pub enabled: Option<bool>,
+    pub cache_ttl: Option<String>,
+    pub block_closed_projects: Option<bool>,
+    pub on_lookup_error: Option<String>,
+    pub rule: Option<Vec<RawRule>>,
+}
+
 /// The raw file, section by section. Sections are parsed one by one so that a mistake in one
 /// does not hide the mistakes in the others.
 #[derive(Debug, Default, Clone)]
@@ -113,10 +187,21 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub intercept: RawIntercept,
+    pub context: RawContext,
+    pub guard: RawGuard,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.
-const SECTIONS: &[&str] = &["listen", "upstream", "admin", "log"];
+const SECTIONS: &[&str] = &[
+    "listen",
+    "upstream",
+    "admin",
+    "log",
+    "intercept",
+    "context",
+    "guard",
+];
 
 /// Values given on the command line; they win over the environment and the file.
 #[derive(Debug, Default, Clone)]
@@ -202,6 +287,57 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Whether interception acts or only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fill, block, and forward the enriched write.
+    Enforce,
+    /// Log and count what would be filled or blocked; forward the original unchanged.
+    Shadow,
+}
+
+#[derive(Debug, Clone)]
+pub struct InterceptConfig {
+    pub mode: Mode,
+    pub max_body: usize,
+    pub enrich_updates: bool,
+    /// Status of the sidecar's own refusals (blocked writes, missing build); Rally uses 200.
+    pub block_status: http::StatusCode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextConfig {
+    pub build: Option<String>,
+    /// A user ref (`/user/123`) used as Tester instead of the credential's owner.
+    pub tester: Option<String>,
+    pub build_env: Vec<String>,
+    /// The first variable of `build_env` set in the sidecar's environment at start, and its value.
+    pub build_from_env: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardRule {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLookupError {
+    /// Forward the write; Rally validates it anyway.
+    Forward,
+    /// Refuse the write.
+    Block,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    pub enabled: bool,
+    pub cache_ttl: Duration,
+    pub block_closed_projects: bool,
+    pub on_lookup_error: OnLookupError,
+    pub rules: Vec<GuardRule>,
+}
+
 /// The validated configuration every other module reads.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -211,7 +347,22 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown_grace: Duration,
     pub rewrite_refs: bool,
+    pub intercept: InterceptConfig,
+    pub context: ContextConfig,
+    pub guard: GuardConfig,
 }
+
+/// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,
+/// Azure DevOps, CircleCI, Buildkite, TeamCity (which also sets BUILD_NUMBER, after Jenkins' tag).
+pub const DEFAULT_BUILD_ENV: &[&str] = &[
+    "BUILD_TAG",
+    "GITHUB_RUN_ID",
+    "CI_PIPELINE_ID",
+    "BUILD_BUILDNUMBER",
+    "CIRCLE_BUILD_NUM",
+    "BUILDKITE_BUILD_NUMBER",
+    "BUILD_NUMBER",
+];
 
 /// Documented defaults, in one place (the example file is checked against these).
 pub mod defaults {
@@ -229,6 +380,14 @@ pub mod defaults {
     pub const ENABLE_SHUTDOWN: bool = false;
     pub const LOG_FORMAT: &str = "human";
     pub const LOG_LEVEL: &str = "info";
+    pub const MODE: &str = "enforce";
+    pub const MAX_BODY: u64 = 1024 * 1024;
+    pub const ENRICH_UPDATES: bool = false;
+    pub const BLOCK_STATUS: u16 = 200;
+    pub const GUARD_ENABLED: bool = true;
+    pub const GUARD_CACHE_TTL: &str = "30s";
+    pub const BLOCK_CLOSED_PROJECTS: bool = true;
+    pub const ON_LOOKUP_ERROR: &str = "forward";
 }
 
 impl RawConfig {
@@ -262,6 +421,9 @@ impl RawConfig {
                     "upstream" => decode(section).map(|v| raw.upstream = v),
                     "admin" => decode(section).map(|v| raw.admin = v),
                     "log" => decode(section).map(|v| raw.log = v),
+                    "intercept" => decode(section).map(|v| raw.intercept = v),
+                    "context" => decode(section).map(|v| raw.context = v),
+                    "guard" => decode(section).map(|v| raw.guard = v),
                     _ => Ok(()),
                 };
                 if let Err(e) = res {
@@ -303,9 +465,13 @@ pub fn apply_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let rest = rest.to_ascii_lowercase();
+        let mut rest = rest.to_ascii_lowercase();
         if known_extra.contains(&rest.as_str()) {
             continue;
+        }
+        if rest == "build" {
+            // The documented short form of RALLY_SIDECAR_CONTEXT_BUILD.
+            rest = "context_build".into();
         }
         let parsed = if value == "true" || value == "false" {
             toml::Value::Boolean(value == "true")
@@ -415,7 +581,15 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigErrors> {
-        Self::load_raw(file, env, overrides).and_then(|raw| Config::validate(&raw, overrides))
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let raw = Self::load_raw(file, env.clone(), overrides)?;
+        let mut cfg = Config::validate(&raw, overrides)?;
+        cfg.context.build_from_env = cfg.context.build_env.iter().find_map(|var| {
+            env.iter()
+                .find(|(k, v)| k == var && !v.trim().is_empty())
+                .map(|(k, v)| (k.clone(), v.trim().to_string()))
+        });
+        Ok(cfg)
     }
 
     /// The raw stage of [`Config::load`]: file and environment merged, not yet validated.
@@ -442,7 +616,7 @@ impl Config {
             None => toml::Table::new(),
         };
         // Variables read by other parts of the program, not config keys.
-        let extra = ["build", "config", "demo"];
+        let extra = ["config", "demo"];
         let env_errors = apply_env(&mut table, env, &extra);
         let raw = RawConfig::from_table(table);
         match (raw, env_errors.is_empty()) {
@@ -620,6 +794,8 @@ impl Config {
             e,
         );
 
+        let (intercept, context, guard) = validate_interception(raw, e);
+
         if errors.is_empty() {
             Ok(Config {
                 listen,
@@ -628,6 +804,9 @@ impl Config {
                 log: LogConfig { format, level },
                 shutdown_grace,
                 rewrite_refs: raw.top.rewrite_refs.unwrap_or(defaults::REWRITE_REFS),
+                intercept,
+                context,
+                guard,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -644,6 +823,137 @@ impl Config {
         };
         Config::validate(&RawConfig::default(), &ov)
     }
+}
+
+fn validate_interception(
+    raw: &RawConfig,
+    e: &mut Vec<ConfigError>,
+) -> (InterceptConfig, ContextConfig, GuardConfig) {
+    let mode = match raw.intercept.mode.as_deref().unwrap_or(defaults::MODE) {
+        "enforce" => Mode::Enforce,
+        "shadow" => Mode::Shadow,
+        other => {
+            e.push(ConfigError {
+                key: "intercept.mode".into(),
+                message: format!("{other:?} is not one of \"enforce\", \"shadow\""),
+            });
+            Mode::Enforce
+        }
+    };
+    let max_body = raw.intercept.max_body.unwrap_or(defaults::MAX_BODY);
+    if max_body < 1024 {
+        e.push(ConfigError {
+            key: "intercept.max_body".into(),
+            message: format!(
+                "{max_body} bytes is too small for a TestCaseResult; use at least 1024"
+            ),
+        });
+    }
+    let status = raw.intercept.block_status.unwrap_or(defaults::BLOCK_STATUS);
+    let block_status = match http::StatusCode::from_u16(status) {
+        Ok(s) if s.is_success() || s.is_client_error() => s,
+        _ => {
+            e.push(ConfigError {
+                key: "intercept.block_status".into(),
+                message: format!("{status} must be a 2xx or 4xx status (e.g. 200, 409, 422)"),
+            });
+            http::StatusCode::OK
+        }
+    };
+    let intercept = InterceptConfig {
+        mode,
+        max_body: max_body as usize,
+        enrich_updates: raw
+            .intercept
+            .enrich_updates
+            .unwrap_or(defaults::ENRICH_UPDATES),
+        block_status,
+    };
+    let build = raw
+        .context
+        .build
+        .clone()
+        .map(Text::into_string)
+        .filter(|b| !b.trim().is_empty());
+    let tester = raw.context.tester.clone().filter(|t| !t.trim().is_empty());
+    if let Some(t) = &tester {
+        let ok = t
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0].eq_ignore_ascii_case("user") && !w[1].is_empty());
+        if !ok {
+            e.push(ConfigError {
+                key: "context.tester".into(),
+                message: format!("{t:?} is not a user reference like \"/user/12345\""),
+            });
+        }
+    }
+    let context = ContextConfig {
+        build,
+        tester,
+        build_env: raw
+            .context
+            .build_env
+            .clone()
+            .map(List::into_vec)
+            .unwrap_or_else(|| DEFAULT_BUILD_ENV.iter().map(|s| s.to_string()).collect()),
+        build_from_env: None,
+    };
+    let on_lookup_error = match raw
+        .guard
+        .on_lookup_error
+        .as_deref()
+        .unwrap_or(defaults::ON_LOOKUP_ERROR)
+    {
+        "forward" => OnLookupError::Forward,
+        "block" => OnLookupError::Block,
+        other => {
+            e.push(ConfigError {
+                key: "guard.on_lookup_error".into(),
+                message: format!("{other:?} is not one of \"forward\", \"block\""),
+            });
+            OnLookupError::Forward
+        }
+    };
+    let mut rules = Vec::new();
+    for (i, r) in raw
+        .guard
+        .rule
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        if r.field.trim().is_empty() || r.values.is_empty() {
+            e.push(ConfigError {
+                key: format!("guard.rule[{i}]"),
+                message: "needs a field and at least one value".into(),
+            });
+            continue;
+        }
+        rules.push(GuardRule {
+            field: r.field,
+            values: r.values,
+        });
+    }
+    let guard = GuardConfig {
+        enabled: raw.guard.enabled.unwrap_or(defaults::GUARD_ENABLED),
+        cache_ttl: duration(
+            "guard.cache_ttl",
+            raw.guard.cache_ttl.as_deref(),
+            defaults::GUARD_CACHE_TTL,
+            e,
+        ),
+        block_closed_projects: raw
+            .guard
+            .block_closed_projects
+            .unwrap_or(defaults::BLOCK_CLOSED_PROJECTS),
+        on_lookup_error,
+        rules,
+    };
+    (intercept, context, guard)
 }
 
 /// Sorted view of which keys each section accepts (used by docs and tests).
@@ -676,6 +986,22 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
     );
     m.insert("admin", vec!["listen", "enable_shutdown"]);
     m.insert("log", vec!["format", "level"]);
+    m.insert(
+        "intercept",
+        vec!["mode", "max_body", "enrich_updates", "block_status"],
+    );
+    m.insert("context", vec!["build", "tester", "build_env"]);
+    m.insert(
+        "guard",
+        vec![
+            "enabled",
+            "cache_ttl",
+            "block_closed_projects",
+            "on_lookup_error",
+            "field",
+            "values",
+        ],
+    );
     m
 }
 

@@ -43,6 +43,16 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("shutting down; retry against another instance")]
     ShuttingDown,
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The sidecar refuses a TestCaseResult write (blocked, no build, malformed, too large).
+    #[error("{message}")]
+    Refused {
+        status: StatusCode,
+        kind: Envelope,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl ProxyError {
@@ -53,7 +63,9 @@ impl ProxyError {
             | ProxyError::UpstreamBroken(_) => Side::Upstream,
             ProxyError::ForeignTarget { .. }
             | ProxyError::Connect(_)
-            | ProxyError::BadRequest(_) => Side::Client,
+            | ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge(_)
+            | ProxyError::Refused { .. } => Side::Client,
             ProxyError::ShuttingDown => Side::Proxy,
         }
     }
@@ -76,6 +88,8 @@ impl ProxyError {
             ProxyError::Connect(_) => "connect-refused",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::BodyTooLarge(_) => "body-too-large",
+            ProxyError::Refused { code, .. } => code,
         }
     }
 
@@ -89,6 +103,8 @@ impl ProxyError {
             ProxyError::Connect(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Refused { status, .. } => *status,
         }
     }
 }
@@ -120,6 +136,21 @@ pub fn wsapi_response(
 
 /// The rescue: one function turning any `ProxyError` into the client's answer.
 pub fn rescue(err: &ProxyError) -> Response<Body> {
+    if let ProxyError::Refused {
+        status,
+        kind,
+        code,
+        message,
+    } = err
+    {
+        // A refusal is an answer about the write, shaped like Rally's own application errors.
+        let mut resp = wsapi_response(*status, *kind, code, message);
+        if let Ok(v) = HeaderValue::from_str(code) {
+            resp.headers_mut()
+                .insert(crate::intercept::DECISION_HEADER, v);
+        }
+        return resp;
+    }
     let mut resp = wsapi_response(
         err.status(),
         Envelope::Operation,

@@ -13,8 +13,10 @@
 pub mod admin;
 pub mod cert;
 pub mod config;
+pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod intercept;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
@@ -76,6 +78,18 @@ pub enum RunError {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// The build context the admin API sets.
+    pub context: Arc<intercept::context::BuildContext>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            metrics: Arc::new(Metrics::new()),
+            readiness: Arc::new(Readiness::default()),
+            context: Arc::new(intercept::context::BuildContext::default()),
+        }
+    }
 }
 
 struct CountConnections(Arc<Metrics>);
@@ -95,16 +109,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    run_with(
-        config,
-        listeners,
-        shutdown,
-        Shared {
-            metrics: Arc::new(Metrics::new()),
-            readiness: Arc::new(Readiness::default()),
-        },
-    )
-    .await
+    run_with(config, listeners, shutdown, Shared::default()).await
 }
 
 /// [`run`] with caller-provided shared state (tests read metrics and readiness through it).
@@ -115,7 +120,11 @@ pub async fn run_with(
     shared: Shared,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    let Shared { metrics, readiness } = shared;
+    let Shared {
+        metrics,
+        readiness,
+        context,
+    } = shared;
 
     let tls = match &config.listen.tls {
         Some(files) => Some(tls::server_config(
@@ -128,7 +137,7 @@ pub async fn run_with(
     let (client, route) = proxy::upstream::build(&config.upstream)?;
     readiness.set("upstream_tls", true, "upstream TLS configuration loaded");
     let proxy = Arc::new(
-        Proxy::new(config.clone(), client, metrics.clone())
+        Proxy::new(config.clone(), client, metrics.clone(), context.clone())
             .map_err(|e| RunError::Setup(e.to_string()))?,
     );
 
@@ -143,6 +152,7 @@ pub async fn run_with(
         readiness: readiness.clone(),
         enable_shutdown: config.admin.enable_shutdown,
         shutdown: shutdown.clone(),
+        context: context.clone(),
     });
     let mut admin_opts = ServeOptions::plain("admin");
     admin_opts.grace = std::time::Duration::from_secs(1);

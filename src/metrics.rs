@@ -64,6 +64,30 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// create, update, batch, results_add
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FillLabels {
+    /// Build, Date, Tester
+    pub field: String,
+    /// header, context_project, context_workspace, context_global, config, ci_env, received_at, configured_tester, credential_owner
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub decision: String,
+}
+
 /// Every metric the sidecar exports.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +97,10 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabels, Counter>,
     pub proxy_errors: Family<ErrorLabels, Counter>,
     pub ref_rewrites: Counter,
+    pub intercepted: Family<OpLabels, Counter>,
+    pub filled: Family<FillLabels, Counter>,
+    pub blocked: Family<ReasonLabels, Counter>,
+    pub shadow: Family<ShadowLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -120,8 +148,36 @@ impl Metrics {
             "Responses whose upstream origin was rewritten to the client's",
             ref_rewrites.clone(),
         );
+        let intercepted = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "intercepted_writes",
+            "TestCaseResult writes intercepted (batch entries and Results/add items each count)",
+            intercepted.clone(),
+        );
+        let filled = Family::<FillLabels, Counter>::default();
+        registry.register(
+            "fields_filled",
+            "Fields the sidecar filled, by field and source",
+            filled.clone(),
+        );
+        let blocked = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "writes_refused",
+            "Writes the sidecar refused, by reason",
+            blocked.clone(),
+        );
+        let shadow = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "shadow_decisions",
+            "In shadow mode: what the sidecar would have filled or refused",
+            shadow.clone(),
+        );
         Metrics {
             registry,
+            intercepted,
+            filled,
+            blocked,
+            shadow,
             requests,
             upstream_latency,
             open_connections,

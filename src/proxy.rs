@@ -29,6 +29,10 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{ProxyError, rescue};
+use crate::intercept::Interceptor;
+use crate::intercept::classify::Operation;
+use crate::intercept::context::BuildContext;
+use crate::intercept::lookup::Lookups;
 use crate::metrics::{Direction, DirectionLabels, Metrics};
 use crate::redact;
 use crate::server::{Body, BoxError, BoxFuture, ConnInfo, Handler};
@@ -45,6 +49,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     upstream_origin: String,
     upstream_authority: HeaderValue,
+    /// TestCaseResult interception (always present in `serve`; tests may run without).
+    interceptor: Option<Interceptor>,
 }
 
 impl Proxy {
@@ -52,6 +58,7 @@ impl Proxy {
         cfg: Arc<Config>,
         client: UpstreamClient,
         metrics: Arc<Metrics>,
+        context: Arc<BuildContext>,
     ) -> Result<Self, BoxError> {
         let authority = cfg
             .upstream
@@ -60,18 +67,31 @@ impl Proxy {
             .ok_or("upstream has no authority")?
             .as_str()
             .to_string();
+        let upstream_authority = HeaderValue::from_str(&authority)?;
+        let rule_fields: Vec<String> = cfg.guard.rules.iter().map(|r| r.field.clone()).collect();
+        let lookups = Lookups::new(
+            client.clone(),
+            cfg.upstream.origin_string(),
+            upstream_authority.clone(),
+            cfg.upstream.response_timeout,
+            &rule_fields,
+            cfg.guard.cache_ttl,
+        );
+        let interceptor = Interceptor::new(cfg.clone(), lookups, context, metrics.clone());
         Ok(Proxy {
             upstream_origin: cfg.upstream.origin_string(),
-            upstream_authority: HeaderValue::from_str(&authority)?,
+            upstream_authority,
             cfg,
             client,
             metrics,
+            interceptor: Some(interceptor),
         })
     }
 
     /// Handles one request; always answers.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let start = Instant::now();
+        let received_at = crate::wsapi::format_date(time::OffsetDateTime::now_utc());
         let request_id = request_id(&req);
         let span = tracing::info_span!("request", id = %request_id);
         let method = req.method().clone();
@@ -86,7 +106,7 @@ impl Proxy {
 
         let (mut resp, upstream_ms) = match self
             .clone()
-            .forward(req, conn, bytes_in.clone())
+            .forward(req, conn, bytes_in.clone(), received_at)
             .instrument(span.clone())
             .await
         {
@@ -146,12 +166,61 @@ impl Proxy {
         req: Request<Incoming>,
         conn: ConnInfo,
         bytes_in: Arc<AtomicU64>,
+        received_at: String,
     ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
         self.admit(&req, &conn)?;
+        // Classified once: only TestCaseResult writes leave the streaming path.
+        let op = crate::intercept::classify::classify(req.method(), req.uri().path());
+        if let (Some(icpt), false) = (&self.interceptor, op == Operation::Passthrough) {
+            return crate::intercept::handle(&self, icpt, op, req, conn, received_at).await;
+        }
         let client_origin = client_origin(&req, conn.tls);
         let is_head = req.method() == Method::HEAD;
+        let (parts, incoming) = req.into_parts();
+        let body = Observed::new(incoming, bytes_in, None).boxed_unsync();
+        let (resp, ms) = self.send(parts, body, &conn).await?;
+        Ok((self.relay(resp, client_origin.as_deref(), is_head), ms))
+    }
 
-        let (mut parts, incoming) = req.into_parts();
+    /// Forwards a request whose (possibly rewritten) body is already in memory, and relays
+    /// the answer like any other.
+    pub(crate) async fn forward_buffered(
+        &self,
+        parts: http::request::Parts,
+        body: bytes::Bytes,
+        client_origin: Option<&str>,
+        conn: &ConnInfo,
+    ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
+        let is_head = parts.method == Method::HEAD;
+        let (resp, ms) = self.send_buffered(parts, body, conn).await?;
+        Ok((self.relay(resp, client_origin, is_head), ms))
+    }
+
+    /// Sends a buffered request upstream; the caller reads the answer itself.
+    pub(crate) async fn send_buffered(
+        &self,
+        mut parts: http::request::Parts,
+        body: bytes::Bytes,
+        conn: &ConnInfo,
+    ) -> Result<(Response<Incoming>, Option<f64>), ProxyError> {
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let body = http_body_util::Full::new(body)
+            .map_err(|never| -> BoxError { match never {} })
+            .boxed_unsync();
+        self.send(parts, body, conn).await
+    }
+
+    /// Phase 3: the upstream request (same method, byte-exact path and query, headers minus
+    /// hop-by-hop, `Host` set to the upstream) sent with the response-head timeout.
+    async fn send(
+        &self,
+        mut parts: http::request::Parts,
+        body: Body,
+        conn: &ConnInfo,
+    ) -> Result<(Response<Incoming>, Option<f64>), ProxyError> {
         let pq = parts
             .uri
             .path_and_query()
@@ -170,7 +239,6 @@ impl Proxy {
             .forwarded_headers
             .then_some((&conn.peer, if conn.tls { "https" } else { "http" }));
         headers::request_headers(&mut parts.headers, &self.upstream_authority, forwarded);
-        let body = Observed::new(incoming, bytes_in, None).boxed_unsync();
         let upstream_req = Request::from_parts(parts, body);
 
         let sent = Instant::now();
@@ -183,22 +251,14 @@ impl Proxy {
         self.metrics
             .upstream_latency
             .observe(sent.elapsed().as_secs_f64());
-        let resp = match result {
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout(
-                    self.cfg.upstream.response_timeout,
-                ));
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(ProxyError::UpstreamUnreachable(error_chain(&e)));
-            }
-            Ok(Err(e)) => return Err(ProxyError::UpstreamBroken(error_chain(&e))),
-            Ok(Ok(resp)) => resp,
-        };
-        Ok((
-            self.relay(resp, client_origin.as_deref(), is_head),
-            Some(upstream_ms),
-        ))
+        match result {
+            Err(_) => Err(ProxyError::UpstreamTimeout(
+                self.cfg.upstream.response_timeout,
+            )),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(ProxyError::UpstreamBroken(error_chain(&e))),
+            Ok(Ok(resp)) => Ok((resp, Some(upstream_ms))),
+        }
     }
 
     /// Phase 2: not an open proxy.
@@ -301,12 +361,20 @@ fn request_id<B>(req: &Request<B>) -> String {
 
 /// The origin the client used: scheme of the listener + `Host` (or the HTTP/2 authority).
 fn client_origin<B>(req: &Request<B>, tls: bool) -> Option<String> {
-    let host = req
-        .headers()
+    client_origin_of(req.headers(), req.uri(), tls)
+}
+
+/// [`client_origin`] from the parts of a request.
+pub(crate) fn client_origin_of(
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    tls: bool,
+) -> Option<String> {
+    let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))?;
+        .or_else(|| uri.authority().map(|a| a.as_str().to_string()))?;
     let origin = format!("{}://{}", if tls { "https" } else { "http" }, host);
     refs::safe_origin(&origin).then_some(origin)
 }

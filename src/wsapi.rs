@@ -56,6 +56,21 @@ pub fn to_bytes(value: &Value) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
+/// Formats an instant the way Rally returns dates: UTC, milliseconds, `Z`.
+pub fn format_date(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// Strips a trailing `.js` (the legacy suffix every v2.0 path accepts).
 pub fn strip_js(segment: &str) -> &str {
     segment

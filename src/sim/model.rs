@@ -153,20 +153,7 @@ pub fn ref_target(v: &Value) -> Option<(Type, i64)> {
     Some((ty, arr.get(1)?.as_i64()?))
 }
 
-/// Formats a date the way Rally returns them: UTC, milliseconds, `Z`.
-pub fn format_date(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
+pub use crate::wsapi::format_date;
 
 /// Parses an ISO-8601 timestamp with `Z` or an offset (also without seconds' fraction).
 pub fn parse_date(s: &str) -> Option<OffsetDateTime> {

@@ -47,7 +47,8 @@ async function main() {
   } catch (e) {
     rejected = e;
   }
-  check(rejected && /Build should not be null/.test(rejected.message), "Rally's error rejects the promise");
+  const missingBuild = process.env.E2E_VIA === 'sidecar' ? /TestCaseResult\.Build is missing/ : /Build should not be null/;
+  check(rejected && missingBuild.test(rejected.message), `the missing-Build error rejects the promise (${rejected && rejected.message})`);
 
   await api.del({ref});
   let missing = null;

@@ -298,7 +298,9 @@ async fn pyral_runs_unchanged_against_the_simulator_and_through_the_sidecar() {
         ] {
             for auth in ["apikey", "basic"] {
                 let mut cmd = pyral(python, path, "pyral_results.py", &server, &stack.ca);
-                cmd.env("E2E_AUTH", auth).env("E2E_BULK", BULK.to_string());
+                cmd.env("E2E_AUTH", auth)
+                    .env("E2E_BULK", BULK.to_string())
+                    .env("E2E_VIA", target);
                 let v = run_script(cmd, &format!("{label} {auth} against the {target}")).await;
                 assert!(v["checks"].as_array().is_some_and(|c| c.len() >= 12));
             }
@@ -318,13 +320,79 @@ async fn node_toolkit_runs_unchanged_against_the_simulator_and_through_the_sidec
     ] {
         for auth in ["apikey", "basic"] {
             let mut cmd = node(&tools.node_modules, "node_results.js", &server, &stack.ca);
-            cmd.env("E2E_AUTH", auth);
+            cmd.env("E2E_AUTH", auth).env("E2E_VIA", target);
             run_script(cmd, &format!("node {auth} against the {target}")).await;
         }
     }
     // Basic auth went through the 401 challenge first (the toolkit never sends credentials
     // preemptively), so the simulator saw unauthenticated requests.
     assert!(stack.sim.sim.stats().unauthorized > 0);
+    stack.sidecar.stop().await;
+    stack.sim.stop().await;
+}
+
+/// Issue 4 end to end: results written with no Build, Date or Tester through the sidecar are
+/// stored complete; a write to the archived TC90 surfaces the sidecar's message as an
+/// ordinary Rally error in both clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_get_enrichment_and_the_guard_through_the_sidecar() {
+    use rally_sidecar::config::RawRule;
+    use rally_sidecar::sim::model::Type;
+    let tools = toolchain();
+    let stack = Stack::start(Fixtures::default(), |raw, _| {
+        raw.guard.rule = Some(vec![RawRule {
+            field: "c_Lifecycle".into(),
+            values: vec!["Archived".into(), "Deprecated".into()],
+        }]);
+    })
+    .await;
+    let build = "e2e-build-42";
+    let admin = format!("http://{}/context", stack.sidecar.admin);
+    let set = crate::support::send(
+        http::Method::PUT,
+        &admin,
+        &[],
+        bytes::Bytes::from(format!("{{\"build\": \"{build}\"}}")),
+    )
+    .await;
+    assert_eq!(set.status, http::StatusCode::OK, "{}", set.text());
+
+    let server = stack.sidecar_hostport();
+    for (python, path, label) in &tools.pythons {
+        for (auth, tester) in [("apikey", "/user/400"), ("basic", "/user/402")] {
+            let mut cmd = pyral(python, path, "pyral_enrich.py", &server, &stack.ca);
+            cmd.env("E2E_AUTH", auth)
+                .env("E2E_BUILD", build)
+                .env("E2E_TESTER", tester);
+            run_script(cmd, &format!("{label} {auth} enrichment")).await;
+        }
+    }
+    for (auth, tester) in [("apikey", "/user/400"), ("basic", "/user/402")] {
+        let mut cmd = node(
+            &tools.node_modules,
+            "node_enrich.js",
+            &format!("https://{server}"),
+            &stack.ca,
+        );
+        cmd.env("E2E_AUTH", auth)
+            .env("E2E_BUILD", build)
+            .env("E2E_TESTER", tester);
+        run_script(cmd, &format!("node {auth} enrichment")).await;
+    }
+    // Checked from the simulator's side: every stored result is complete, none names TC90.
+    let stored = stack.sim.sim.objects(Type::TestCaseResult, "");
+    assert!(stored.len() >= 4 * tools.pythons.len());
+    for r in &stored {
+        assert!(r["Build"].as_str().is_some_and(|b| !b.is_empty()), "{r}");
+        assert!(r["Date"].as_str().is_some_and(|d| d.ends_with('Z')), "{r}");
+        assert!(r["Tester"]["_ref"].as_str().is_some(), "{r}");
+        assert_ne!(
+            r["TestCase"]["_ref"]
+                .as_str()
+                .map(|s| s.ends_with("/testcase/1090")),
+            Some(true)
+        );
+    }
     stack.sidecar.stop().await;
     stack.sim.stop().await;
 }

@@ -110,10 +110,7 @@ impl Sidecar {
         let addr = listeners.proxy.local_addr().expect("addr");
         let admin = listeners.admin.local_addr().expect("admin addr");
         let shutdown = CancellationToken::new();
-        let shared = Shared {
-            metrics: Arc::new(rally_sidecar::metrics::Metrics::new()),
-            readiness: Arc::new(rally_sidecar::admin::Readiness::default()),
-        };
+        let shared = Shared::default();
         let task = tokio::spawn(rally_sidecar::run_with(
             cfg,
             listeners,

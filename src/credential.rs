@@ -1,0 +1,143 @@
+//! The caller's credential, as the sidecar may use it: copied onto the sidecar's own reads
+//! (so every lookup sees exactly what the caller may see) and summarised as a fingerprint — a
+//! keyed hash (HMAC-SHA256 under a per-process random key) used as a cache key and, later, in
+//! the journal. The credential itself is never stored, logged, or compared in the clear.
+
+use hmac::{Hmac, KeyInit, Mac};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use sha2::Sha256;
+
+/// Headers that carry a Rally credential; copied onto the sidecar's reads for this caller.
+const CREDENTIAL_HEADERS: &[HeaderName] = &[header::AUTHORIZATION, header::COOKIE];
+
+/// A caller's credential material and its fingerprint.
+#[derive(Clone)]
+pub struct Credential {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Computes fingerprints; one per process, its key random.
+pub struct Fingerprinter {
+    key: [u8; 32],
+}
+
+impl Default for Fingerprinter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fingerprinter {
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Fingerprinter { key }
+    }
+
+    /// Extracts the credential a request carries: `ZSESSIONID` (API key or OAuth token), basic
+    /// `Authorization`, or the session cookies (`ZSESSIONID`/`JSESSIONID`). Returns `None` for
+    /// an anonymous request.
+    pub fn of(&self, headers: &HeaderMap) -> Option<Credential> {
+        let mut material: Vec<u8> = Vec::new();
+        let mut copied = Vec::new();
+        if let Some(v) = headers.get("zsessionid") {
+            material.extend_from_slice(b"zsessionid\0");
+            material.extend_from_slice(v.as_bytes());
+            copied.push((HeaderName::from_static("zsessionid"), v.clone()));
+        } else if let Some(v) = headers.get(header::AUTHORIZATION) {
+            material.extend_from_slice(b"authorization\0");
+            material.extend_from_slice(v.as_bytes());
+        } else {
+            for cookie in headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+            {
+                for pair in cookie.split(';').map(str::trim) {
+                    if pair.starts_with("ZSESSIONID=") || pair.starts_with("JSESSIONID=") {
+                        material.extend_from_slice(pair.as_bytes());
+                        material.push(0);
+                    }
+                }
+            }
+        }
+        if material.is_empty() {
+            return None;
+        }
+        for name in CREDENTIAL_HEADERS {
+            for v in headers.get_all(name) {
+                copied.push((name.clone(), v.clone()));
+            }
+        }
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).ok()?;
+        mac.update(&material);
+        let fingerprint = hex::encode(&mac.finalize().into_bytes()[..16]);
+        Some(Credential {
+            headers: copied,
+            fingerprint,
+        })
+    }
+}
+
+impl Credential {
+    /// A short, non-reversible identifier of the credential.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Puts the credential on a request the sidecar makes for this caller.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (k, v) in &self.headers {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn distinct_credentials_distinct_fingerprints_and_no_clear_text() {
+        let f = Fingerprinter::new();
+        let a = f.of(&h(&[("zsessionid", "_alice")])).expect("a");
+        let b = f.of(&h(&[("zsessionid", "_bob")])).expect("b");
+        let c = f
+            .of(&h(&[("authorization", "Basic Y2Fyb2w6cA==")]))
+            .expect("c");
+        let a2 = f
+            .of(&h(&[("zsessionid", "_alice"), ("user-agent", "x")]))
+            .expect("a2");
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_eq!(a.fingerprint(), a2.fingerprint());
+        assert!(!format!("{a:?}").contains("_alice"));
+        assert!(f.of(&h(&[("user-agent", "x")])).is_none());
+        // Another process (another key) gives another fingerprint for the same key.
+        assert_ne!(
+            Fingerprinter::new()
+                .of(&h(&[("zsessionid", "_alice")]))
+                .expect("a")
+                .fingerprint(),
+            a.fingerprint()
+        );
+    }
+}

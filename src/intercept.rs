@@ -1,0 +1,714 @@
+//! TestCaseResult interception: the only place the sidecar changes traffic. A write classified
+//! by [`classify`] is buffered (up to `intercept.max_body`), parsed, checked by the guard
+//! ([`guard`], with a lookup of the target TestCase made with the caller's credential),
+//! enriched ([`enrich`]: Build, Date, Tester where missing), and forwarded; or refused with a
+//! Rally-shaped answer. In shadow mode the decisions are only logged and counted, and the
+//! original request is forwarded unchanged.
+//!
+//! One result goes through [`Interceptor::decide`]; creates, updates, batch entries and
+//! `Results/add` items all use it, so they behave the same.
+
+pub mod classify;
+pub mod context;
+pub mod enrich;
+pub mod envelope;
+pub mod guard;
+pub mod lookup;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use crate::config::{Config, Mode};
+use crate::credential::{Credential, Fingerprinter};
+use crate::error::{ProxyError, wsapi_response};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::server::{Body, BoxError, ConnInfo};
+use crate::wsapi::Envelope;
+use classify::Operation;
+use context::BuildContext;
+use enrich::{Enriched, Filled, Sources};
+use guard::Verdict;
+use lookup::Lookups;
+
+/// Header listing what the sidecar filled.
+pub const FILLED_HEADER: &str = "x-rally-sidecar-filled";
+/// Header naming the sidecar's decision on the write.
+pub const DECISION_HEADER: &str = "x-rally-sidecar-decision";
+/// Request header carrying a build for this write.
+pub const BUILD_HEADER: &str = "x-rally-build";
+
+/// State of the interception layer.
+pub struct Interceptor {
+    cfg: Arc<Config>,
+    pub lookups: Lookups,
+    pub context: Arc<BuildContext>,
+    fingerprints: Fingerprinter,
+    metrics: Arc<Metrics>,
+}
+
+/// What happens to one result.
+#[derive(Debug, Clone)]
+enum Decision {
+    Forward {
+        fields: Map<String, Value>,
+        filled: Vec<Filled>,
+        decision: &'static str,
+    },
+    Refuse {
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// What the request said about its scope (`workspace=`/`project=` query parameters).
+#[derive(Debug, Default, Clone)]
+struct Scope {
+    workspace: Option<String>,
+    project: Option<String>,
+}
+
+fn query_scope(query: Option<&str>) -> Scope {
+    let mut s = Scope::default();
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+        match k.to_ascii_lowercase().as_str() {
+            "workspace" => s.workspace = context::scope_id(&v),
+            "project" if v != "null" => s.project = context::scope_id(&v),
+            _ => {}
+        }
+    }
+    s
+}
+
+fn ref_id(v: Option<&Value>) -> Option<String> {
+    let r = v?;
+    let text = r
+        .get("_ref")
+        .and_then(Value::as_str)
+        .or_else(|| r.as_str())?;
+    context::scope_id(text)
+}
+
+impl Interceptor {
+    pub fn new(
+        cfg: Arc<Config>,
+        lookups: Lookups,
+        context: Arc<BuildContext>,
+        metrics: Arc<Metrics>,
+    ) -> Interceptor {
+        Interceptor {
+            cfg,
+            lookups,
+            context,
+            fingerprints: Fingerprinter::new(),
+            metrics,
+        }
+    }
+
+    /// The fingerprint of a request's credential, if it carries one.
+    pub fn credential(&self, headers: &HeaderMap) -> Option<Credential> {
+        self.fingerprints.of(headers)
+    }
+
+    /// Decides one result's fate: guard, then enrichment.
+    async fn decide(
+        &self,
+        cred: &Credential,
+        fields: &Map<String, Value>,
+        test_case: Option<String>,
+        enrich_it: bool,
+        scope: &Scope,
+        header_build: Option<&str>,
+        received_at: &str,
+    ) -> Decision {
+        let mut scope = scope.clone();
+        let mut decision = "allowed";
+        if let (true, Some(id)) = (self.cfg.guard.enabled, test_case.as_deref()) {
+            let lookup = self.lookups.test_case(cred, id).await;
+            if let guard::Lookup::Found(tc) = &lookup {
+                scope.project = ref_id(tc.get("Project")).or(scope.project);
+                scope.workspace = scope.workspace.or_else(|| ref_id(tc.get("Workspace")));
+            }
+            match guard::decide(id, &lookup, &self.cfg.guard) {
+                Verdict::Allow => {}
+                Verdict::AllowUnchecked(why) => {
+                    tracing::warn!(test_case = id, error = %why, "guard lookup failed; forwarding unchecked (guard.on_lookup_error = forward)");
+                    decision = "allowed-unchecked";
+                }
+                Verdict::Block(b) => {
+                    return Decision::Refuse {
+                        code: b.code(),
+                        message: b.message(),
+                    };
+                }
+            }
+        }
+        if !enrich_it {
+            return Decision::Forward {
+                fields: fields.clone(),
+                filled: vec![],
+                decision,
+            };
+        }
+        let (project, workspace, global) = self
+            .context
+            .lookup(scope.workspace.as_deref(), scope.project.as_deref());
+        let mut sources = Sources {
+            header_build: header_build.map(str::to_string),
+            context_project: project,
+            context_workspace: workspace,
+            context_global: global,
+            config_build: self.cfg.context.build.clone(),
+            ci_build: self.cfg.context.build_from_env.clone(),
+            received_at: received_at.to_string(),
+            configured_tester: self.cfg.context.tester.clone(),
+            owner: None,
+        };
+        if sources.configured_tester.is_none() && envelope::missing(fields.get("Tester")) {
+            match self.lookups.owner(cred).await {
+                Ok(owner) => sources.owner = Some(owner),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the credential's owner; Tester left empty")
+                }
+            }
+        }
+        match enrich::enrich(fields, &sources) {
+            Enriched::Ready(fields, filled) => {
+                for f in &filled {
+                    tracing::debug!(field = f.field, source = f.source.label(), value = %f.value, "filled");
+                }
+                Decision::Forward {
+                    fields,
+                    filled,
+                    decision,
+                }
+            }
+            Enriched::NoBuild => Decision::Refuse {
+                code: "refused-no-build",
+                message: enrich::no_build_message(&self.cfg.context.build_env),
+            },
+        }
+    }
+
+    fn count(&self, op: &Operation, decision: &Decision) {
+        use crate::metrics::{FillLabels, OpLabels, ReasonLabels, ShadowLabels};
+        self.metrics
+            .intercepted
+            .get_or_create(&OpLabels {
+                operation: op.label().into(),
+            })
+            .inc();
+        let shadow = self.cfg.intercept.mode == Mode::Shadow;
+        match decision {
+            Decision::Forward { filled, .. } => {
+                for f in filled {
+                    let labels = FillLabels {
+                        field: f.field.into(),
+                        source: f.source.label().into(),
+                    };
+                    if shadow {
+                        self.metrics
+                            .shadow
+                            .get_or_create(&ShadowLabels {
+                                decision: format!("would-fill-{}", f.field),
+                            })
+                            .inc();
+                    } else {
+                        self.metrics.filled.get_or_create(&labels).inc();
+                    }
+                }
+            }
+            Decision::Refuse { code, message } => {
+                if shadow {
+                    tracing::info!(decision = code, message = %message, "shadow mode: would refuse this write");
+                    self.metrics
+                        .shadow
+                        .get_or_create(&ShadowLabels {
+                            decision: format!("would-{code}"),
+                        })
+                        .inc();
+                } else {
+                    tracing::info!(decision = code, message = %message, "write refused");
+                    self.metrics
+                        .blocked
+                        .get_or_create(&ReasonLabels {
+                            reason: (*code).into(),
+                        })
+                        .inc();
+                }
+            }
+        }
+    }
+}
+
+/// Reads the body up to the limit.
+async fn read_body(incoming: Incoming, max: usize) -> Result<Bytes, ProxyError> {
+    match Limited::new(incoming, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ProxyError::BodyTooLarge(max))
+        }
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
+    }
+}
+
+/// A form body saying `_method=GET` (the .NET toolkit's queries) is a read, not a write.
+fn is_form_query(headers: &HeaderMap, body: &[u8]) -> bool {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    form && String::from_utf8_lossy(body).split('&').any(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        k == "_method" && v.eq_ignore_ascii_case("GET")
+    })
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
+fn set(resp: &mut Response<Body>, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Handles an intercepted request end to end. Returns the answer and the upstream latency.
+pub async fn handle(
+    proxy: &Proxy,
+    icpt: &Interceptor,
+    op: Operation,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    received_at: String,
+) -> Result<(Response<Body>, Option<f64>), ProxyError> {
+    let kind = match op {
+        Operation::CreateResult => Envelope::Create,
+        Operation::Batch => Envelope::Batch,
+        _ => Envelope::Operation,
+    };
+    let (mut parts, incoming) = req.into_parts();
+    let body = read_body(incoming, icpt.cfg.intercept.max_body).await.map_err(|e| match e {
+        ProxyError::BodyTooLarge(n) => ProxyError::Refused {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind,
+            code: "body-too-large",
+            message: format!("rally-sidecar: the request body is larger than intercept.max_body ({n} bytes); nothing was forwarded"),
+        },
+        other => other,
+    })?;
+    let client_origin = crate::proxy::client_origin_of(&parts.headers, &parts.uri, conn.tls);
+    let Some(cred) = icpt
+        .credential(&parts.headers)
+        .filter(|_| !is_form_query(&parts.headers, &body))
+    else {
+        // Anonymous (the Node toolkit's first, challenge-seeking attempt) or a form query:
+        // forward as it came.
+        return proxy
+            .forward_buffered(parts, body, client_origin.as_deref(), &conn)
+            .await;
+    };
+    let header_build = parts
+        .headers
+        .get(BUILD_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    parts.headers.remove(BUILD_HEADER);
+    let scope = query_scope(parts.uri.query());
+    let bad = |e: envelope::BodyError| ProxyError::Refused {
+        status: StatusCode::BAD_REQUEST,
+        kind,
+        code: "bad-body",
+        message: format!("rally-sidecar: {e}; nothing was forwarded"),
+    };
+    let shadow = icpt.cfg.intercept.mode == Mode::Shadow;
+
+    match &op {
+        Operation::CreateResult | Operation::UpdateResult { .. } => {
+            let map = envelope::parse(&body).map_err(bad)?;
+            let (root, fields) = envelope::result_fields(&map).map_err(bad)?;
+            let (test_case, enrich_it) = match &op {
+                Operation::UpdateResult { id } => {
+                    let tc = match envelope::test_case_id(&fields) {
+                        Some(tc) => Some(tc),
+                        None => icpt
+                            .lookups
+                            .result_test_case(&cred, id)
+                            .await
+                            .ok()
+                            .flatten(),
+                    };
+                    (tc, icpt.cfg.intercept.enrich_updates)
+                }
+                _ => (envelope::test_case_id(&fields), true),
+            };
+            let decision = icpt
+                .decide(
+                    &cred,
+                    &fields,
+                    test_case,
+                    enrich_it,
+                    &scope,
+                    header_build.as_deref(),
+                    &received_at,
+                )
+                .await;
+            icpt.count(&op, &decision);
+            if shadow {
+                let (mut resp, ms) = proxy
+                    .forward_buffered(parts, body, client_origin.as_deref(), &conn)
+                    .await?;
+                set(&mut resp, DECISION_HEADER, &shadow_label(&decision));
+                return Ok((resp, ms));
+            }
+            match decision {
+                Decision::Refuse { code, message } => Err(ProxyError::Refused {
+                    status: icpt.cfg.intercept.block_status,
+                    kind,
+                    code,
+                    message,
+                }),
+                Decision::Forward {
+                    fields,
+                    filled,
+                    decision,
+                } => {
+                    let mut out = Map::new();
+                    out.insert(root, Value::Object(fields));
+                    let (mut resp, ms) = proxy
+                        .forward_buffered(
+                            parts,
+                            to_bytes(&Value::Object(out)),
+                            client_origin.as_deref(),
+                            &conn,
+                        )
+                        .await?;
+                    decorate(&mut resp, &filled, decision);
+                    Ok((resp, ms))
+                }
+            }
+        }
+        Operation::AddResults { test_case } => {
+            let map = envelope::parse(&body).map_err(bad)?;
+            let items = map
+                .get("CollectionItems")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(envelope::BodyError::Items))?;
+            let mut out_items = Vec::new();
+            let mut all_filled = Vec::new();
+            let mut decision_label = "allowed";
+            for item in items {
+                let Some(fields) = item.as_object() else {
+                    return Err(bad(envelope::BodyError::Items));
+                };
+                // An existing result's ref is not a new result: pass it as it is.
+                if fields.len() == 1 && fields.contains_key("_ref") {
+                    out_items.push(item.clone());
+                    continue;
+                }
+                let d = icpt
+                    .decide(
+                        &cred,
+                        fields,
+                        Some(test_case.clone()),
+                        true,
+                        &scope,
+                        header_build.as_deref(),
+                        &received_at,
+                    )
+                    .await;
+                icpt.count(&op, &d);
+                match d {
+                    Decision::Refuse { code, message } if !shadow => {
+                        return Err(ProxyError::Refused {
+                            status: icpt.cfg.intercept.block_status,
+                            kind,
+                            code,
+                            message,
+                        });
+                    }
+                    Decision::Forward {
+                        fields,
+                        filled,
+                        decision,
+                    } => {
+                        out_items.push(Value::Object(fields));
+                        all_filled.extend(filled);
+                        if decision != "allowed" {
+                            decision_label = decision;
+                        }
+                    }
+                    Decision::Refuse { .. } => out_items.push(item.clone()),
+                }
+            }
+            let forward = if shadow {
+                body
+            } else {
+                let mut m = map.clone();
+                m.insert("CollectionItems".into(), Value::Array(out_items));
+                to_bytes(&Value::Object(m))
+            };
+            let (mut resp, ms) = proxy
+                .forward_buffered(parts, forward, client_origin.as_deref(), &conn)
+                .await?;
+            if !shadow {
+                decorate(&mut resp, &all_filled, decision_label);
+            }
+            Ok((resp, ms))
+        }
+        Operation::Batch => {
+            batch(
+                proxy,
+                icpt,
+                parts,
+                body,
+                &cred,
+                &scope,
+                header_build.as_deref(),
+                &received_at,
+                client_origin.as_deref(),
+                &conn,
+            )
+            .await
+        }
+        Operation::Passthrough => {
+            proxy
+                .forward_buffered(parts, body, client_origin.as_deref(), &conn)
+                .await
+        }
+    }
+}
+
+fn shadow_label(d: &Decision) -> String {
+    match d {
+        Decision::Refuse { code, .. } => format!("shadow-would-{code}"),
+        Decision::Forward { filled, .. } if !filled.is_empty() => format!(
+            "shadow-would-fill-{}",
+            enrich::header_value(filled).replace(',', "-")
+        ),
+        Decision::Forward { .. } => "shadow-allowed".into(),
+    }
+}
+
+fn decorate(resp: &mut Response<Body>, filled: &[Filled], decision: &str) {
+    let mut fields: Vec<&str> = filled.iter().map(|f| f.field).collect();
+    fields.sort();
+    fields.dedup();
+    if !fields.is_empty() {
+        set(resp, FILLED_HEADER, &fields.join(","));
+    }
+    set(resp, DECISION_HEADER, decision);
+}
+
+/// `POST /batch`: each TestCaseResult entry is decided on its own; refused entries are left out
+/// of what is forwarded and answered at their position in the BatchResult.
+#[allow(clippy::too_many_arguments)]
+async fn batch(
+    proxy: &Proxy,
+    icpt: &Interceptor,
+    mut parts: http::request::Parts,
+    body: Bytes,
+    cred: &Credential,
+    scope: &Scope,
+    header_build: Option<&str>,
+    received_at: &str,
+    client_origin: Option<&str>,
+    conn: &ConnInfo,
+) -> Result<(Response<Body>, Option<f64>), ProxyError> {
+    let bad = |e: envelope::BodyError| ProxyError::Refused {
+        status: StatusCode::BAD_REQUEST,
+        kind: Envelope::Batch,
+        code: "bad-body",
+        message: format!("rally-sidecar: {e}; nothing was forwarded"),
+    };
+    let map = envelope::parse(&body).map_err(bad)?;
+    let entries = map
+        .get("Batch")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(envelope::BodyError::Batch))?
+        .clone();
+    let shadow = icpt.cfg.intercept.mode == Mode::Shadow;
+    let mut forwarded = Vec::new();
+    // Position in the client's batch → Ok(index in the forwarded batch) or Err(refusal).
+    let mut slots: Vec<Result<usize, String>> = Vec::new();
+    let mut all_filled = Vec::new();
+    for entry in &entries {
+        let e = entry.get("Entry").unwrap_or(entry);
+        let op = classify::classify_entry(
+            e.get("Method").and_then(Value::as_str).unwrap_or(""),
+            e.get("Path").and_then(Value::as_str).unwrap_or(""),
+        );
+        let result = match (&op, e.get("Body").and_then(Value::as_object)) {
+            (Operation::CreateResult | Operation::UpdateResult { .. }, Some(b)) => {
+                match envelope::result_fields(b) {
+                    Ok((root, fields)) => {
+                        let (tc, enrich_it) = match &op {
+                            Operation::UpdateResult { id } => (
+                                match envelope::test_case_id(&fields) {
+                                    Some(tc) => Some(tc),
+                                    None => {
+                                        icpt.lookups.result_test_case(cred, id).await.ok().flatten()
+                                    }
+                                },
+                                icpt.cfg.intercept.enrich_updates,
+                            ),
+                            _ => (envelope::test_case_id(&fields), true),
+                        };
+                        let d = icpt
+                            .decide(
+                                cred,
+                                &fields,
+                                tc,
+                                enrich_it,
+                                scope,
+                                header_build,
+                                received_at,
+                            )
+                            .await;
+                        icpt.count(&op, &d);
+                        Some((root, d))
+                    }
+                    Err(err) => Some((
+                        String::new(),
+                        Decision::Refuse {
+                            code: "bad-body",
+                            message: format!("rally-sidecar: {err}"),
+                        },
+                    )),
+                }
+            }
+            _ => None,
+        };
+        match result {
+            None => {
+                slots.push(Ok(forwarded.len()));
+                forwarded.push(entry.clone());
+            }
+            Some(_) if shadow => {
+                slots.push(Ok(forwarded.len()));
+                forwarded.push(entry.clone());
+            }
+            Some((_, Decision::Refuse { message, .. })) => slots.push(Err(message)),
+            Some((root, Decision::Forward { fields, filled, .. })) => {
+                all_filled.extend(filled);
+                let mut new_entry = entry.clone();
+                let target = if new_entry.get("Entry").is_some() {
+                    &mut new_entry["Entry"]
+                } else {
+                    &mut new_entry
+                };
+                target["Body"] = json!({ root: Value::Object(fields) });
+                slots.push(Ok(forwarded.len()));
+                forwarded.push(new_entry);
+            }
+        }
+    }
+    let refused = slots.iter().any(Result::is_err);
+    let mut out = map.clone();
+    out.insert("Batch".into(), Value::Array(forwarded.clone()));
+    if !refused {
+        let fwd = if shadow {
+            body
+        } else {
+            to_bytes(&Value::Object(out))
+        };
+        let (mut resp, ms) = proxy
+            .forward_buffered(parts, fwd, client_origin, conn)
+            .await?;
+        if !shadow {
+            decorate(&mut resp, &all_filled, "allowed");
+        }
+        return Ok((resp, ms));
+    }
+    // Some entries were refused: forward the rest (if any) and merge the answers in order.
+    let mut upstream_results: Vec<Value> = Vec::new();
+    let mut ms = None;
+    let mut status = StatusCode::OK;
+    if !forwarded.is_empty() {
+        parts.headers.remove(header::ACCEPT_ENCODING);
+        let (resp, t) = proxy
+            .send_buffered(parts, to_bytes(&Value::Object(out)), conn)
+            .await?;
+        ms = t;
+        status = resp.status();
+        let bytes = Limited::new(resp.into_body(), 64 * 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| ProxyError::UpstreamBroken(format!("reading the batch answer: {e}")))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        match v
+            .get("BatchResult")
+            .and_then(|b| b.get("Results"))
+            .and_then(Value::as_array)
+        {
+            Some(r) => upstream_results = r.clone(),
+            None => {
+                // Not a BatchResult (an error page, a 401): relay it as it is.
+                let mut resp = Response::new(full(bytes));
+                *resp.status_mut() = status;
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok((resp, ms));
+            }
+        }
+    }
+    let results: Vec<Value> = slots
+        .iter()
+        .map(|s| match s {
+            Ok(i) => upstream_results.get(*i).cloned().unwrap_or_else(|| json!({"Errors": ["rally-sidecar: Rally returned no result for this entry"], "Warnings": []})),
+            Err(msg) => json!({"Errors": [msg], "Warnings": []}),
+        })
+        .collect();
+    let answer = json!({"BatchResult": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "Errors": [], "Warnings": [], "Results": results}});
+    let mut bytes = to_bytes(&answer);
+    if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs) {
+        if let Some(mut rw) =
+            crate::proxy::refs::Rewriter::new(&icpt.cfg.upstream.origin_string(), to)
+        {
+            let mut v = rw.push(&bytes).to_vec();
+            v.extend_from_slice(&rw.finish());
+            bytes = Bytes::from(v);
+        }
+    }
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    decorate(&mut resp, &all_filled, "partially-refused");
+    Ok((resp, ms))
+}
+
+/// A refusal in the shape the client expects.
+pub fn refusal(status: StatusCode, kind: Envelope, code: &str, message: &str) -> Response<Body> {
+    let mut resp = wsapi_response(status, kind, code, message);
+    set(&mut resp, DECISION_HEADER, code);
+    resp
+}

@@ -1,0 +1,155 @@
+//! The build context operators set through the admin API (`PUT /context`), globally or for one
+//! workspace or project, so test runners that cannot change their scripts still get a Build.
+//! Held in memory: a restart clears it (the journal, not this, is what must survive).
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `PUT /context`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetContext {
+    pub build: String,
+    /// A workspace ref or ObjectID: the build applies only to writes in that workspace.
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// A project ref or ObjectID: the build applies only to results of that project.
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+/// What `GET /context` shows.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ContextView {
+    pub build: Option<String>,
+    pub workspaces: BTreeMap<String, String>,
+    pub projects: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+pub struct BuildContext {
+    state: RwLock<ContextView>,
+}
+
+/// The ObjectID in a ref or a bare id (`/workspace/200`, `workspace/200`, a URL, `200`).
+pub fn scope_id(s: &str) -> Option<String> {
+    let s = s.split(['?', '#']).next().unwrap_or(s);
+    let last = s.split('/').filter(|x| !x.is_empty()).next_back()?;
+    let id = crate::wsapi::strip_js(last);
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .then(|| id.to_string())
+}
+
+impl BuildContext {
+    pub fn set(&self, c: SetContext) -> Result<ContextView, String> {
+        if c.build.trim().is_empty() {
+            return Err("build must not be empty".into());
+        }
+        if c.workspace.is_some() && c.project.is_some() {
+            return Err("give a workspace or a project, not both".into());
+        }
+        let mut st = self
+            .state
+            .write()
+            .map_err(|_| "context unavailable".to_string())?;
+        match (c.workspace.as_deref(), c.project.as_deref()) {
+            (Some(w), _) => {
+                let id = scope_id(w).ok_or_else(|| format!("{w:?} is not a workspace ref"))?;
+                st.workspaces.insert(id, c.build);
+            }
+            (_, Some(p)) => {
+                let id = scope_id(p).ok_or_else(|| format!("{p:?} is not a project ref"))?;
+                st.projects.insert(id, c.build);
+            }
+            _ => st.build = Some(c.build),
+        }
+        Ok(st.clone())
+    }
+
+    /// Clears one scope (`workspace=` or `project=`) or everything.
+    pub fn clear(&self, workspace: Option<&str>, project: Option<&str>) -> ContextView {
+        let Ok(mut st) = self.state.write() else {
+            return ContextView::default();
+        };
+        match (workspace.and_then(scope_id), project.and_then(scope_id)) {
+            (Some(w), _) => {
+                st.workspaces.remove(&w);
+            }
+            (_, Some(p)) => {
+                st.projects.remove(&p);
+            }
+            _ => *st = ContextView::default(),
+        }
+        st.clone()
+    }
+
+    pub fn view(&self) -> ContextView {
+        self.state.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// (project, workspace, global) builds for a write in these scopes.
+    pub fn lookup(
+        &self,
+        workspace: Option<&str>,
+        project: Option<&str>,
+    ) -> (Option<String>, Option<String>, Option<String>) {
+        let Ok(st) = self.state.read() else {
+            return (None, None, None);
+        };
+        (
+            project.and_then(|p| st.projects.get(p).cloned()),
+            workspace.and_then(|w| st.workspaces.get(w).cloned()),
+            st.build.clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        let c = BuildContext::default();
+        c.set(SetContext {
+            build: "g".into(),
+            workspace: None,
+            project: None,
+        })
+        .expect("set");
+        c.set(SetContext {
+            build: "w".into(),
+            workspace: Some("/workspace/200".into()),
+            project: None,
+        })
+        .expect("set");
+        c.set(SetContext {
+            build: "p".into(),
+            workspace: None,
+            project: Some("https://h/slm/webservice/v2.0/project/300".into()),
+        })
+        .expect("set");
+        assert_eq!(
+            c.lookup(Some("200"), Some("300")),
+            (Some("p".into()), Some("w".into()), Some("g".into()))
+        );
+        assert_eq!(
+            c.lookup(Some("201"), Some("301")),
+            (None, None, Some("g".into()))
+        );
+        c.clear(None, Some("300"));
+        assert_eq!(c.lookup(Some("200"), Some("300")).0, None);
+        c.clear(None, None);
+        assert_eq!(c.view(), ContextView::default());
+        assert!(
+            c.set(SetContext {
+                build: " ".into(),
+                workspace: None,
+                project: None
+            })
+            .is_err()
+        );
+    }
+}
