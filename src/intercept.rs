@@ -67,6 +67,14 @@ enum Decision {
     },
 }
 
+/// What one intercepted request brings to every result it carries.
+struct Write<'a> {
+    cred: &'a Credential,
+    scope: Scope,
+    header_build: Option<String>,
+    received_at: &'a str,
+}
+
 /// What the request said about its scope (`workspace=`/`project=` query parameters).
 #[derive(Debug, Default, Clone)]
 struct Scope {
@@ -121,15 +129,13 @@ impl Interceptor {
     /// Decides one result's fate: guard, then enrichment.
     async fn decide(
         &self,
-        cred: &Credential,
+        w: &Write<'_>,
         fields: &Map<String, Value>,
         test_case: Option<String>,
         enrich_it: bool,
-        scope: &Scope,
-        header_build: Option<&str>,
-        received_at: &str,
     ) -> Decision {
-        let mut scope = scope.clone();
+        let (cred, header_build, received_at) = (w.cred, w.header_build.as_deref(), w.received_at);
+        let mut scope = w.scope.clone();
         let mut decision = "allowed";
         if let (true, Some(id)) = (self.cfg.guard.enabled, test_case.as_deref()) {
             let lookup = self.lookups.test_case(cred, id).await;
@@ -337,7 +343,12 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     parts.headers.remove(BUILD_HEADER);
-    let scope = query_scope(parts.uri.query());
+    let write = Write {
+        cred: &cred,
+        scope: query_scope(parts.uri.query()),
+        header_build,
+        received_at: &received_at,
+    };
     let bad = |e: envelope::BodyError| ProxyError::Refused {
         status: StatusCode::BAD_REQUEST,
         kind,
@@ -365,17 +376,7 @@ pub async fn handle(
                 }
                 _ => (envelope::test_case_id(&fields), true),
             };
-            let decision = icpt
-                .decide(
-                    &cred,
-                    &fields,
-                    test_case,
-                    enrich_it,
-                    &scope,
-                    header_build.as_deref(),
-                    &received_at,
-                )
-                .await;
+            let decision = icpt.decide(&write, &fields, test_case, enrich_it).await;
             icpt.count(&op, &decision);
             if shadow {
                 let (mut resp, ms) = proxy
@@ -430,15 +431,7 @@ pub async fn handle(
                     continue;
                 }
                 let d = icpt
-                    .decide(
-                        &cred,
-                        fields,
-                        Some(test_case.clone()),
-                        true,
-                        &scope,
-                        header_build.as_deref(),
-                        &received_at,
-                    )
+                    .decide(&write, fields, Some(test_case.clone()), true)
                     .await;
                 icpt.count(&op, &d);
                 match d {
@@ -485,10 +478,7 @@ pub async fn handle(
                 icpt,
                 parts,
                 body,
-                &cred,
-                &scope,
-                header_build.as_deref(),
-                &received_at,
+                &write,
                 client_origin.as_deref(),
                 &conn,
             )
@@ -531,13 +521,11 @@ async fn batch(
     icpt: &Interceptor,
     mut parts: http::request::Parts,
     body: Bytes,
-    cred: &Credential,
-    scope: &Scope,
-    header_build: Option<&str>,
-    received_at: &str,
+    write: &Write<'_>,
     client_origin: Option<&str>,
     conn: &ConnInfo,
 ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
+    let cred = write.cred;
     let bad = |e: envelope::BodyError| ProxyError::Refused {
         status: StatusCode::BAD_REQUEST,
         kind: Envelope::Batch,
@@ -577,17 +565,7 @@ async fn batch(
                             ),
                             _ => (envelope::test_case_id(&fields), true),
                         };
-                        let d = icpt
-                            .decide(
-                                cred,
-                                &fields,
-                                tc,
-                                enrich_it,
-                                scope,
-                                header_build,
-                                received_at,
-                            )
-                            .await;
+                        let d = icpt.decide(write, &fields, tc, enrich_it).await;
                         icpt.count(&op, &d);
                         Some((root, d))
                     }
@@ -687,14 +665,13 @@ async fn batch(
         .collect();
     let answer = json!({"BatchResult": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "Errors": [], "Warnings": [], "Results": results}});
     let mut bytes = to_bytes(&answer);
-    if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs) {
-        if let Some(mut rw) =
+    if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs)
+        && let Some(mut rw) =
             crate::proxy::refs::Rewriter::new(&icpt.cfg.upstream.origin_string(), to)
-        {
-            let mut v = rw.push(&bytes).to_vec();
-            v.extend_from_slice(&rw.finish());
-            bytes = Bytes::from(v);
-        }
+    {
+        let mut v = rw.push(&bytes).to_vec();
+        v.extend_from_slice(&rw.finish());
+        bytes = Bytes::from(v);
     }
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = status;

@@ -121,15 +121,15 @@ pub fn enrich(fields: &Map<String, Value>, sources: &Sources) -> Enriched {
             value: sources.received_at.clone(),
         });
     }
-    if missing(fields.get("Tester")) {
-        if let Some((t, source)) = sources.tester() {
-            out.insert("Tester".into(), Value::String(t.clone()));
-            filled.push(Filled {
-                field: "Tester",
-                source,
-                value: t,
-            });
-        }
+    if missing(fields.get("Tester"))
+        && let Some((t, source)) = sources.tester()
+    {
+        out.insert("Tester".into(), Value::String(t.clone()));
+        filled.push(Filled {
+            field: "Tester",
+            source,
+            value: t,
+        });
     }
     Enriched::Ready(out, filled)
 }
@@ -177,11 +177,8 @@ mod tests {
     fn build_precedence_is_a_chain() {
         let mut s = all_sources();
         let mut seen = Vec::new();
-        loop {
-            match s.build() {
-                Some((b, src)) => seen.push((b, src)),
-                None => break,
-            }
+        while let Some((b, src)) = s.build() {
+            seen.push((b, src));
             // Remove the winning source and try again.
             match seen.last().map(|x| x.1) {
                 Some(Source::Header) => s.header_build = None,

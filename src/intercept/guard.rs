@@ -142,14 +142,14 @@ pub fn decide(id: &str, lookup: &Lookup, cfg: &GuardConfig) -> Verdict {
         }
     }
     for rule in &cfg.rules {
-        if let Some(value) = tc.get(&rule.field).and_then(text) {
-            if rule.values.iter().any(|v| *v == value) {
-                return Verdict::Block(Block::Rule {
-                    test_case: name,
-                    field: rule.field.clone(),
-                    value,
-                });
-            }
+        if let Some(value) = tc.get(&rule.field).and_then(text)
+            && rule.values.contains(&value)
+        {
+            return Verdict::Block(Block::Rule {
+                test_case: name,
+                field: rule.field.clone(),
+                value,
+            });
         }
     }
     Verdict::Allow

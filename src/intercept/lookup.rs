@@ -157,10 +157,9 @@ impl Lookups {
         if let Ok((StatusCode::OK, json)) = self
             .get(cred, &format!("project/{id}?fetch=Name,State"))
             .await
+            && let Some(p) = json.get("Project").cloned()
         {
-            if let Some(p) = json.get("Project").cloned() {
-                tc.insert("Project".into(), p);
-            }
+            tc.insert("Project".into(), p);
         }
     }
 

@@ -5,6 +5,7 @@
 mod captures;
 mod e2e;
 mod edges;
+mod intercept;
 mod process;
 mod sim_api;
 mod support;
