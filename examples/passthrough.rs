@@ -207,6 +207,10 @@ fn spawn_sidecar(
         upstream,
     ])
     .env("RALLY_SIDECAR_LOG_FORMAT", "json")
+    .env(
+        "RALLY_SIDECAR_JOURNAL_PATH",
+        std::env::temp_dir().join("rally-sidecar-passthrough.sqlite"),
+    )
     .env("RALLY_SIDECAR_LOG_LEVEL", "warn,rally_sidecar=info")
     .stderr(std::process::Stdio::piped());
     for (k, v) in env {

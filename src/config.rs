@@ -88,6 +88,9 @@ pub struct RawUpstream {
     pub response_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub forwarded_headers: Option<bool>,
+    pub max_concurrency_per_credential: Option<u64>,
+    pub max_queue_per_credential: Option<u64>,
+    pub queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -163,6 +166,26 @@ pub struct RawContext {
 
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
+pub struct RawConfirm {
+    pub enabled: Option<bool>,
+    pub initial_backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<String>,
+    pub readback_window: Option<String>,
+    pub unconfirmed_status: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    pub path: Option<PathBuf>,
+    pub retention: Option<String>,
+    pub max_confirmed: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub field: String,
     pub values: Vec<String>,
@@ -190,6 +213,8 @@ pub struct RawConfig {
     pub intercept: RawIntercept,
     pub context: RawContext,
     pub guard: RawGuard,
+    pub confirm: RawConfirm,
+    pub journal: RawJournal,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.
@@ -201,6 +226,8 @@ const SECTIONS: &[&str] = &[
     "intercept",
     "context",
     "guard",
+    "confirm",
+    "journal",
 ];
 
 /// Values given on the command line; they win over the environment and the file.
@@ -260,6 +287,9 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub forwarded_headers: bool,
+    pub max_concurrency_per_credential: usize,
+    pub max_queue_per_credential: usize,
+    pub queue_timeout: Duration,
 }
 
 impl UpstreamConfig {
@@ -338,6 +368,21 @@ pub struct GuardConfig {
     pub rules: Vec<GuardRule>,
 }
 
+#[derive(Debug, Clone)]
+pub struct ConfirmConfig {
+    pub enabled: bool,
+    pub policy: crate::confirm::Policy,
+    /// Status of the "not confirmed" answer.
+    pub unconfirmed_status: http::StatusCode,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    pub retention: Duration,
+    pub max_confirmed: i64,
+}
+
 /// The validated configuration every other module reads.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -350,6 +395,8 @@ pub struct Config {
     pub intercept: InterceptConfig,
     pub context: ContextConfig,
     pub guard: GuardConfig,
+    pub confirm: ConfirmConfig,
+    pub journal: JournalConfig,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,
@@ -388,6 +435,19 @@ pub mod defaults {
     pub const GUARD_CACHE_TTL: &str = "30s";
     pub const BLOCK_CLOSED_PROJECTS: bool = true;
     pub const ON_LOOKUP_ERROR: &str = "forward";
+    pub const MAX_CONCURRENCY_PER_CREDENTIAL: u64 = 12;
+    pub const MAX_QUEUE_PER_CREDENTIAL: u64 = 20_000;
+    pub const QUEUE_TIMEOUT: &str = "5m";
+    pub const CONFIRM_ENABLED: bool = true;
+    pub const INITIAL_BACKOFF: &str = "200ms";
+    pub const MAX_BACKOFF: &str = "10s";
+    pub const MAX_ATTEMPTS: u32 = 3;
+    pub const CONFIRM_TIMEOUT: &str = "2m";
+    pub const READBACK_WINDOW: &str = "10s";
+    pub const UNCONFIRMED_STATUS: u16 = 200;
+    pub const JOURNAL_PATH: &str = "rally-sidecar-journal.sqlite";
+    pub const RETENTION: &str = "7days";
+    pub const MAX_CONFIRMED: i64 = 100_000;
 }
 
 impl RawConfig {
@@ -424,6 +484,8 @@ impl RawConfig {
                     "intercept" => decode(section).map(|v| raw.intercept = v),
                     "context" => decode(section).map(|v| raw.context = v),
                     "guard" => decode(section).map(|v| raw.guard = v),
+                    "confirm" => decode(section).map(|v| raw.confirm = v),
+                    "journal" => decode(section).map(|v| raw.journal = v),
                     _ => Ok(()),
                 };
                 if let Err(e) = res {
@@ -747,6 +809,22 @@ impl Config {
                 .upstream
                 .forwarded_headers
                 .unwrap_or(defaults::FORWARDED_HEADERS),
+            max_concurrency_per_credential: raw
+                .upstream
+                .max_concurrency_per_credential
+                .unwrap_or(defaults::MAX_CONCURRENCY_PER_CREDENTIAL)
+                .max(1) as usize,
+            max_queue_per_credential: raw
+                .upstream
+                .max_queue_per_credential
+                .unwrap_or(defaults::MAX_QUEUE_PER_CREDENTIAL)
+                as usize,
+            queue_timeout: duration(
+                "upstream.queue_timeout",
+                raw.upstream.queue_timeout.as_deref(),
+                defaults::QUEUE_TIMEOUT,
+                e,
+            ),
         };
 
         let admin_text = ov
@@ -795,6 +873,7 @@ impl Config {
         );
 
         let (intercept, context, guard) = validate_interception(raw, e);
+        let (confirm, journal) = validate_confirmation(raw, e);
 
         if errors.is_empty() {
             Ok(Config {
@@ -807,6 +886,8 @@ impl Config {
                 intercept,
                 context,
                 guard,
+                confirm,
+                journal,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -823,6 +904,77 @@ impl Config {
         };
         Config::validate(&RawConfig::default(), &ov)
     }
+}
+
+fn validate_confirmation(
+    raw: &RawConfig,
+    e: &mut Vec<ConfigError>,
+) -> (ConfirmConfig, JournalConfig) {
+    let c = &raw.confirm;
+    let policy = crate::confirm::Policy {
+        initial_backoff: duration(
+            "confirm.initial_backoff",
+            c.initial_backoff.as_deref(),
+            defaults::INITIAL_BACKOFF,
+            e,
+        ),
+        max_backoff: duration(
+            "confirm.max_backoff",
+            c.max_backoff.as_deref(),
+            defaults::MAX_BACKOFF,
+            e,
+        ),
+        max_attempts: c.max_attempts.unwrap_or(defaults::MAX_ATTEMPTS),
+        timeout: duration(
+            "confirm.timeout",
+            c.timeout.as_deref(),
+            defaults::CONFIRM_TIMEOUT,
+            e,
+        ),
+        readback_window: duration(
+            "confirm.readback_window",
+            c.readback_window.as_deref(),
+            defaults::READBACK_WINDOW,
+            e,
+        ),
+    };
+    if policy.max_backoff < policy.initial_backoff {
+        e.push(ConfigError {
+            key: "confirm.max_backoff".into(),
+            message: "must not be shorter than confirm.initial_backoff".into(),
+        });
+    }
+    let status = c.unconfirmed_status.unwrap_or(defaults::UNCONFIRMED_STATUS);
+    let unconfirmed_status = match http::StatusCode::from_u16(status) {
+        Ok(s) if !s.is_informational() => s,
+        _ => {
+            e.push(ConfigError {
+                key: "confirm.unconfirmed_status".into(),
+                message: format!("{status} is not a usable HTTP status (e.g. 200, 503, 504)"),
+            });
+            http::StatusCode::OK
+        }
+    };
+    let confirm = ConfirmConfig {
+        enabled: c.enabled.unwrap_or(defaults::CONFIRM_ENABLED),
+        policy,
+        unconfirmed_status,
+    };
+    let journal = JournalConfig {
+        path: raw
+            .journal
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::JOURNAL_PATH)),
+        retention: duration(
+            "journal.retention",
+            raw.journal.retention.as_deref(),
+            defaults::RETENTION,
+            e,
+        ),
+        max_confirmed: raw.journal.max_confirmed.unwrap_or(defaults::MAX_CONFIRMED),
+    };
+    (confirm, journal)
 }
 
 fn validate_interception(
@@ -982,9 +1134,25 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
             "response_timeout",
             "pool_idle_timeout",
             "forwarded_headers",
+            "max_concurrency_per_credential",
+            "max_queue_per_credential",
+            "queue_timeout",
         ],
     );
     m.insert("admin", vec!["listen", "enable_shutdown"]);
+    m.insert(
+        "confirm",
+        vec![
+            "enabled",
+            "initial_backoff",
+            "max_backoff",
+            "max_attempts",
+            "timeout",
+            "readback_window",
+            "unconfirmed_status",
+        ],
+    );
+    m.insert("journal", vec!["path", "retention", "max_confirmed"]);
     m.insert("log", vec!["format", "level"]);
     m.insert(
         "intercept",

@@ -45,7 +45,7 @@ impl Fingerprinter {
     }
 
     /// Extracts the credential a request carries: `ZSESSIONID` (API key or OAuth token), basic
-    /// `Authorization`, or the session cookies (`ZSESSIONID`/`JSESSIONID`). Returns `None` for
+    /// `Authorization`, or the SSO session cookie `ZSESSIONID`. Returns `None` for
     /// an anonymous request.
     pub fn of(&self, headers: &HeaderMap) -> Option<Credential> {
         let mut material: Vec<u8> = Vec::new();
@@ -64,7 +64,9 @@ impl Fingerprinter {
                 .filter_map(|v| v.to_str().ok())
             {
                 for pair in cookie.split(';').map(str::trim) {
-                    if pair.starts_with("ZSESSIONID=") || pair.starts_with("JSESSIONID=") {
+                    // The SSO session cookie authenticates; JSESSIONID alone does not (it only
+                    // binds a basic-auth session), so a request carrying just that is anonymous.
+                    if pair.starts_with("ZSESSIONID=") {
                         material.extend_from_slice(pair.as_bytes());
                         material.push(0);
                     }

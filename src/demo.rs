@@ -49,6 +49,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), S
     };
     let mut raw = RawConfig::default();
     raw.upstream.ca_file = Some(certs.ca_cert.clone());
+    raw.journal.path = Some(opts.dir.join("journal.sqlite"));
     let cfg = Config::validate(&raw, &ov).map_err(|e| e.to_string())?;
     let listeners = crate::Listeners::bind(&cfg)
         .await

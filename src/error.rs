@@ -45,6 +45,8 @@ pub enum ProxyError {
     ShuttingDown,
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("too busy: {0}")]
+    Overloaded(String),
     /// The sidecar refuses a TestCaseResult write (blocked, no build, malformed, too large).
     #[error("{message}")]
     Refused {
@@ -66,7 +68,7 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::Refused { .. } => Side::Client,
-            ProxyError::ShuttingDown => Side::Proxy,
+            ProxyError::ShuttingDown | ProxyError::Overloaded(_) => Side::Proxy,
         }
     }
 
@@ -74,7 +76,9 @@ impl ProxyError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ProxyError::UpstreamUnreachable(_) | ProxyError::ShuttingDown
+            ProxyError::UpstreamUnreachable(_)
+                | ProxyError::ShuttingDown
+                | ProxyError::Overloaded(_)
         )
     }
 
@@ -89,6 +93,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::BodyTooLarge(_) => "body-too-large",
+            ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Refused { code, .. } => code,
         }
     }
@@ -104,6 +109,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Refused { status, .. } => *status,
         }
     }

@@ -27,15 +27,17 @@ use serde_json::{Map, Value, json};
 use crate::config::{Config, Mode};
 use crate::credential::{Credential, Fingerprinter};
 use crate::error::{ProxyError, wsapi_response};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::server::{Body, BoxError, ConnInfo};
+use crate::server::{Body, ConnInfo};
 use crate::wsapi::Envelope;
 use classify::Operation;
 use context::BuildContext;
 use enrich::{Enriched, Filled, Sources};
 use guard::Verdict;
 use lookup::Lookups;
+use tokio_util::sync::CancellationToken;
 
 /// Header listing what the sidecar filled.
 pub const FILLED_HEADER: &str = "x-rally-sidecar-filled";
@@ -49,8 +51,12 @@ pub struct Interceptor {
     cfg: Arc<Config>,
     pub lookups: Lookups,
     pub context: Arc<BuildContext>,
-    fingerprints: Fingerprinter,
+    fingerprints: Arc<Fingerprinter>,
     metrics: Arc<Metrics>,
+    /// Where writes are recorded (absent only when confirmation is off).
+    pub journal: Option<Journal>,
+    /// Cancelled shortly before the shutdown deadline: held writes answer at once.
+    pub give_up: CancellationToken,
 }
 
 /// What happens to one result.
@@ -111,13 +117,17 @@ impl Interceptor {
         lookups: Lookups,
         context: Arc<BuildContext>,
         metrics: Arc<Metrics>,
+        fingerprints: Arc<Fingerprinter>,
+        journal: Option<Journal>,
     ) -> Interceptor {
         Interceptor {
             cfg,
             lookups,
             context,
-            fingerprints: Fingerprinter::new(),
+            fingerprints,
             metrics,
+            journal,
+            give_up: CancellationToken::new(),
         }
     }
 
@@ -288,7 +298,7 @@ fn is_form_query(headers: &HeaderMap, body: &[u8]) -> bool {
 
 fn full(bytes: Bytes) -> Body {
     Full::new(bytes)
-        .map_err(|never| -> BoxError { match never {} })
+        .map_err(crate::server::box_never)
         .boxed_unsync()
 }
 
@@ -310,6 +320,7 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: ConnInfo,
     received_at: String,
+    request_id: String,
 ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
     let kind = match op {
         Operation::CreateResult => Envelope::Create,
@@ -398,14 +409,33 @@ pub async fn handle(
                     decision,
                 } => {
                     let mut out = Map::new();
-                    out.insert(root, Value::Object(fields));
-                    let (mut resp, ms) = proxy
-                        .forward_buffered(
+                    out.insert(root, Value::Object(fields.clone()));
+                    let sent = to_bytes(&Value::Object(out));
+                    if let (Some(journal), true) = (&icpt.journal, icpt.cfg.confirm.enabled) {
+                        let held = Held {
+                            journal,
+                            op: &op,
+                            fields: &fields,
+                            filled: &filled,
+                            decision,
+                            request_id: &request_id,
+                            received_at: &received_at,
+                            kind,
+                        };
+                        return confirm_write(
+                            proxy,
+                            icpt,
+                            held,
                             parts,
-                            to_bytes(&Value::Object(out)),
+                            sent,
+                            &cred,
                             client_origin.as_deref(),
-                            &conn,
+                            conn,
                         )
+                        .await;
+                    }
+                    let (mut resp, ms) = proxy
+                        .forward_buffered(parts, sent, client_origin.as_deref(), &conn)
                         .await?;
                     decorate(&mut resp, &filled, decision);
                     Ok((resp, ms))
@@ -632,11 +662,9 @@ async fn batch(
             .await?;
         ms = t;
         status = resp.status();
-        let bytes = Limited::new(resp.into_body(), 64 * 1024 * 1024)
-            .collect()
+        let bytes = crate::server::collect_limited(resp.into_body(), 64 * 1024 * 1024)
             .await
-            .map_err(|e| ProxyError::UpstreamBroken(format!("reading the batch answer: {e}")))?
-            .to_bytes();
+            .map_err(|e| ProxyError::UpstreamBroken(format!("reading the batch answer: {e}")))?;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         match v
             .get("BatchResult")
@@ -688,4 +716,293 @@ pub fn refusal(status: StatusCode, kind: Envelope, code: &str, message: &str) ->
     let mut resp = wsapi_response(status, kind, code, message);
     set(&mut resp, DECISION_HEADER, code);
     resp
+}
+
+/// Header saying whether the result was read back from Rally and found as sent.
+pub const CONFIRMED_HEADER: &str = "x-rally-sidecar-confirmed";
+/// Header counting the attempts made.
+pub const ATTEMPTS_HEADER: &str = "x-rally-sidecar-attempts";
+/// Header naming the journal row of the write.
+pub const JOURNAL_HEADER: &str = "x-rally-sidecar-journal-id";
+
+/// One write whose answer is held until its fate is known.
+struct Held<'a> {
+    journal: &'a Journal,
+    op: &'a Operation,
+    fields: &'a Map<String, Value>,
+    filled: &'a [Filled],
+    decision: &'static str,
+    request_id: &'a str,
+    received_at: &'a str,
+    kind: Envelope,
+}
+
+/// A journal row not yet settled; if the request is dropped (the client left, the shutdown
+/// deadline cut it), the row is marked unconfirmed rather than left pending.
+struct Unsettled<'a> {
+    journal: &'a Journal,
+    id: i64,
+    open: bool,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.journal
+                .settle_now(self.id, "the request ended before the outcome was known");
+        }
+    }
+}
+
+/// Rally's answer relayed: its status and end-to-end headers, the body with refs rewritten.
+fn relay_answer(
+    icpt: &Interceptor,
+    a: crate::confirm::RawAnswer,
+    client_origin: Option<&str>,
+) -> Response<Body> {
+    let mut resp = json_answer(
+        icpt,
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
+        a.body,
+        client_origin,
+    );
+    let mut headers = a.headers;
+    crate::proxy::headers::strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::CONTENT_ENCODING);
+    for (k, v) in headers.iter() {
+        if k != header::CONTENT_TYPE {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    }
+    resp
+}
+
+/// Our answer (or Rally's body), with refs rewritten to the client's origin.
+fn json_answer(
+    icpt: &Interceptor,
+    status: StatusCode,
+    bytes: Bytes,
+    client_origin: Option<&str>,
+) -> Response<Body> {
+    let mut bytes = bytes;
+    if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs) {
+        if let Some(mut rw) =
+            crate::proxy::refs::Rewriter::new(&icpt.cfg.upstream.origin_string(), to)
+        {
+            let mut v = rw.push(&bytes).to_vec();
+            v.extend_from_slice(&rw.finish());
+            bytes = Bytes::from(v);
+        }
+    }
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+/// Records the write, drives it to its fate (confirm.rs), settles the journal and answers.
+#[allow(clippy::too_many_arguments)]
+async fn confirm_write(
+    proxy: &Proxy,
+    icpt: &Interceptor,
+    held: Held<'_>,
+    parts: http::request::Parts,
+    body: Bytes,
+    cred: &Credential,
+    client_origin: Option<&str>,
+    conn: ConnInfo,
+) -> Result<(Response<Body>, Option<f64>), ProxyError> {
+    use crate::confirm::{self, Expected, Fate, Kind, rally::RallyWrite};
+    use crate::journal::{NewWrite, State};
+    let started = std::time::Instant::now();
+    let expected = Expected::from_fields(held.fields);
+    let target = match held.op {
+        Operation::UpdateResult { id } => Some(id.clone()),
+        _ => expected.test_case.clone(),
+    };
+    let path = crate::redact::path_and_query(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    )
+    .into_owned();
+    let row = NewWrite {
+        request_id: held.request_id.to_string(),
+        received_at: held.received_at.to_string(),
+        credential: cred.fingerprint().to_string(),
+        operation: held.op.label().to_string(),
+        target,
+        path,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        test_case: expected.test_case.clone(),
+        build: expected.build.clone(),
+        verdict: expected.verdict.clone(),
+        filled: Some(enrich::header_value(held.filled)).filter(|f| !f.is_empty()),
+        decision: Some(held.decision.to_string()),
+    };
+    let id = held.journal.insert(row).await.map_err(|e| {
+        ProxyError::Overloaded(format!(
+            "the journal cannot record the write ({e}); nothing was forwarded"
+        ))
+    })?;
+    let mut unsettled = Unsettled {
+        journal: held.journal,
+        id,
+        open: true,
+    };
+    let up = RallyWrite {
+        proxy,
+        lookups: &icpt.lookups,
+        cred,
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body,
+        conn,
+    };
+    let kind = if matches!(held.op, Operation::UpdateResult { .. }) {
+        Kind::Update
+    } else {
+        Kind::Create
+    };
+    let give_up = icpt.give_up.clone();
+    let fate = confirm::confirm(
+        &up,
+        kind,
+        &expected,
+        &icpt.cfg.confirm.policy,
+        rand::random::<f64>,
+        async move { give_up.cancelled().await },
+    )
+    .await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let m = &icpt.metrics;
+    let (state, attempts, cause, object_id, outcome) = match &fate {
+        Fate::Confirmed {
+            object_id,
+            attempts,
+            adopted,
+            ..
+        } => {
+            if *adopted {
+                m.duplicates_avoided.inc();
+            }
+            (
+                State::Confirmed,
+                *attempts,
+                None,
+                Some(*object_id),
+                if *adopted {
+                    "confirmed_adopted"
+                } else {
+                    "confirmed"
+                },
+            )
+        }
+        Fate::Rejected {
+            attempts, cause, ..
+        } => (
+            State::Rejected,
+            *attempts,
+            Some(cause.clone()),
+            None,
+            "rejected",
+        ),
+        Fate::Unconfirmed {
+            attempts,
+            cause,
+            object_id,
+        } => (
+            State::Unconfirmed,
+            *attempts,
+            Some(cause.clone()),
+            *object_id,
+            "unconfirmed",
+        ),
+    };
+    m.confirmations
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            outcome: outcome.into(),
+        })
+        .inc();
+    m.attempts.observe(attempts as f64);
+    m.confirm_latency.observe(ms / 1000.0);
+    if let Err(e) = held
+        .journal
+        .settle(id, state, attempts, cause.clone(), object_id, Some(ms))
+        .await
+    {
+        tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal");
+    } else {
+        unsettled.open = false;
+    }
+    tracing::info!(
+        journal_id = id,
+        outcome,
+        attempts,
+        object_id,
+        latency_ms = ms,
+        cause = cause.as_deref().unwrap_or(""),
+        "write settled"
+    );
+
+    let mut resp = match fate {
+        Fate::Confirmed {
+            answer: Some(a), ..
+        } => relay_answer(icpt, a, client_origin),
+        Fate::Confirmed { object_id, .. } => {
+            // Adopted: the winning attempt's answer was lost, so answer as Rally would have.
+            let r = format!(
+                "{}{}/testcaseresult/{object_id}",
+                icpt.cfg.upstream.origin_string(),
+                crate::wsapi::SERVICE_ROOT
+            );
+            let object = json!({"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_ref": r, "_type": "TestCaseResult",
+                                "ObjectID": object_id, "_refObjectName": format!("{} {}", expected.build.clone().unwrap_or_default(), expected.verdict.clone().unwrap_or_default())});
+            let warning = "rally-sidecar: Rally's answer to this write was lost; the stored result was found by its fingerprint and read back";
+            let root = if held.kind == Envelope::Create {
+                "CreateResult"
+            } else {
+                "OperationResult"
+            };
+            let answer = json!({root: {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "Errors": [], "Warnings": [warning], "Object": object}});
+            json_answer(icpt, StatusCode::OK, to_bytes(&answer), client_origin)
+        }
+        Fate::Rejected {
+            answer: Some(a), ..
+        } => relay_answer(icpt, a, client_origin),
+        Fate::Rejected { cause, .. } => {
+            wsapi_response(StatusCode::OK, held.kind, "rejected", &cause)
+        }
+        Fate::Unconfirmed {
+            attempts, cause, ..
+        } => wsapi_response(
+            icpt.cfg.confirm.unconfirmed_status,
+            held.kind,
+            "unconfirmed",
+            &format!("rally-sidecar: result not confirmed after {attempts} attempts: {cause}"),
+        ),
+    };
+    set(
+        &mut resp,
+        CONFIRMED_HEADER,
+        if state == State::Confirmed {
+            "true"
+        } else {
+            "false"
+        },
+    );
+    set(&mut resp, ATTEMPTS_HEADER, &attempts.to_string());
+    set(&mut resp, JOURNAL_HEADER, &id.to_string());
+    decorate(&mut resp, held.filled, held.decision);
+    Ok((resp, None))
 }

@@ -13,10 +13,13 @@
 pub mod admin;
 pub mod cert;
 pub mod config;
+pub mod confirm;
 pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod governor;
 pub mod intercept;
+pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
@@ -135,10 +138,42 @@ pub async fn run_with(
         None => None,
     };
     let (client, route) = proxy::upstream::build(&config.upstream)?;
+    // The journal must be open before any write is accepted; /readyz waits for it.
+    readiness.set("journal", false, "opening");
+    let journal = if config.confirm.enabled {
+        let path = config.journal.path.clone();
+        let (journal, recovered) =
+            tokio::task::spawn_blocking(move || journal::Journal::open(&path))
+                .await
+                .map_err(|e| RunError::Setup(e.to_string()))?
+                .map_err(|e| RunError::Setup(e.to_string()))?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                journal = %journal.path().display(),
+                "writes left pending by an earlier run are marked unconfirmed; `rally-sidecar journal replay` re-sends them"
+            );
+        }
+        readiness.set(
+            "journal",
+            true,
+            format!("open at {}", journal.path().display()),
+        );
+        Some(journal)
+    } else {
+        readiness.set("journal", true, "disabled (confirm.enabled = false)");
+        None
+    };
     readiness.set("upstream_tls", true, "upstream TLS configuration loaded");
-    let proxy = Arc::new(
-        Proxy::new(config.clone(), client, metrics.clone(), context.clone())
-            .map_err(|e| RunError::Setup(e.to_string()))?,
+    let proxy_handle = Arc::new(
+        Proxy::new(
+            config.clone(),
+            client,
+            metrics.clone(),
+            context.clone(),
+            journal.clone(),
+        )
+        .map_err(|e| RunError::Setup(e.to_string()))?,
     );
 
     let admin_task_addr = listeners
@@ -193,6 +228,8 @@ pub async fn run_with(
     };
     let serve_token = shutdown.clone();
     let readiness_for_drain = readiness.clone();
+    let give_up = proxy_handle.give_up();
+    let grace = config.shutdown_grace;
     let drain_flag = tokio::spawn(async move {
         serve_token.cancelled().await;
         readiness_for_drain.set(
@@ -200,16 +237,34 @@ pub async fn run_with(
             false,
             "shutting down: not accepting new connections",
         );
+        // Held writes get the grace period, less a margin to answer them and record their fate.
+        let margin = (grace / 10).min(std::time::Duration::from_secs(2));
+        tokio::time::sleep(grace.saturating_sub(margin)).await;
+        if let Some(t) = give_up {
+            t.cancel();
+        }
+    });
+    let housekeeping = journal.clone().map(|j| {
+        tokio::spawn(housekeeping(
+            j,
+            config.journal.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ))
     });
     let cut = server::serve(
         listeners.proxy,
         opts,
-        Arc::new(ProxyHandler(proxy)),
+        Arc::new(ProxyHandler(proxy_handle.clone())),
         Arc::new(CountConnections(metrics.clone())),
         shutdown,
     )
     .await;
-    let _ = drain_flag.await;
+    drain_flag.abort();
+    if let Some(h) = housekeeping {
+        h.abort();
+    }
     if cut > 0 {
         tracing::warn!(
             cut,
@@ -246,4 +301,34 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// Every 30 s: prune confirmed journal rows and publish the backlog (metric and /readyz note).
+async fn housekeeping(
+    journal: journal::Journal,
+    cfg: config::JournalConfig,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Err(e) = journal.prune(cfg.retention, cfg.max_confirmed).await {
+            tracing::warn!(error = %e, "journal pruning failed");
+        }
+        if let Ok(n) = journal.backlog().await {
+            metrics.journal_backlog.set(n);
+            readiness.set(
+                "journal",
+                true,
+                format!(
+                    "open at {}; backlog {n} (pending or unconfirmed)",
+                    journal.path().display()
+                ),
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+        }
+    }
 }

@@ -88,6 +88,12 @@ pub struct ShadowLabels {
     pub decision: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// confirmed, confirmed_adopted, rejected, unconfirmed
+    pub outcome: String,
+}
+
 /// Every metric the sidecar exports.
 pub struct Metrics {
     registry: Registry,
@@ -101,6 +107,11 @@ pub struct Metrics {
     pub filled: Family<FillLabels, Counter>,
     pub blocked: Family<ReasonLabels, Counter>,
     pub shadow: Family<ShadowLabels, Counter>,
+    pub confirmations: Family<OutcomeLabels, Counter>,
+    pub attempts: Histogram,
+    pub confirm_latency: Histogram,
+    pub duplicates_avoided: Counter,
+    pub journal_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -172,8 +183,43 @@ impl Metrics {
             "In shadow mode: what the sidecar would have filled or refused",
             shadow.clone(),
         );
+        let confirmations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "confirmations",
+            "Held writes settled, by outcome",
+            confirmations.clone(),
+        );
+        let attempts = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0].into_iter());
+        registry.register(
+            "confirm_attempts",
+            "Attempts per held write",
+            attempts.clone(),
+        );
+        let confirm_latency = Histogram::new(exponential_buckets(0.005, 2.0, 18));
+        registry.register(
+            "confirm_latency_seconds",
+            "Time from receiving a write to answering it with its fate",
+            confirm_latency.clone(),
+        );
+        let duplicates_avoided = Counter::default();
+        registry.register(
+            "duplicates_avoided",
+            "Writes found by fingerprint after an ambiguous answer, adopted instead of written again",
+            duplicates_avoided.clone(),
+        );
+        let journal_backlog = Gauge::default();
+        registry.register(
+            "journal_backlog",
+            "Journal rows pending or unconfirmed (not known to be in Rally)",
+            journal_backlog.clone(),
+        );
         Metrics {
             registry,
+            confirmations,
+            attempts,
+            confirm_latency,
+            duplicates_avoided,
+            journal_backlog,
             intercepted,
             filled,
             blocked,

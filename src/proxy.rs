@@ -28,7 +28,9 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::credential::Fingerprinter;
 use crate::error::{ProxyError, rescue};
+use crate::governor::Governor;
 use crate::intercept::Interceptor;
 use crate::intercept::classify::Operation;
 use crate::intercept::context::BuildContext;
@@ -51,6 +53,8 @@ pub struct Proxy {
     upstream_authority: HeaderValue,
     /// TestCaseResult interception (always present in `serve`; tests may run without).
     interceptor: Option<Interceptor>,
+    fingerprints: Arc<Fingerprinter>,
+    governor: Arc<Governor>,
 }
 
 impl Proxy {
@@ -59,6 +63,7 @@ impl Proxy {
         client: UpstreamClient,
         metrics: Arc<Metrics>,
         context: Arc<BuildContext>,
+        journal: Option<crate::journal::Journal>,
     ) -> Result<Self, BoxError> {
         let authority = cfg
             .upstream
@@ -69,15 +74,29 @@ impl Proxy {
             .to_string();
         let upstream_authority = HeaderValue::from_str(&authority)?;
         let rule_fields: Vec<String> = cfg.guard.rules.iter().map(|r| r.field.clone()).collect();
+        let fingerprints = Arc::new(Fingerprinter::new());
+        let governor = Arc::new(Governor::new(
+            cfg.upstream.max_concurrency_per_credential,
+            cfg.upstream.max_queue_per_credential,
+            cfg.upstream.queue_timeout,
+        ));
         let lookups = Lookups::new(
             client.clone(),
+            governor.clone(),
             cfg.upstream.origin_string(),
             upstream_authority.clone(),
             cfg.upstream.response_timeout,
             &rule_fields,
             cfg.guard.cache_ttl,
         );
-        let interceptor = Interceptor::new(cfg.clone(), lookups, context, metrics.clone());
+        let interceptor = Interceptor::new(
+            cfg.clone(),
+            lookups,
+            context,
+            metrics.clone(),
+            fingerprints.clone(),
+            journal,
+        );
         Ok(Proxy {
             upstream_origin: cfg.upstream.origin_string(),
             upstream_authority,
@@ -85,7 +104,14 @@ impl Proxy {
             client,
             metrics,
             interceptor: Some(interceptor),
+            fingerprints,
+            governor,
         })
+    }
+
+    /// The token that makes held writes answer at once (cancelled near the shutdown deadline).
+    pub fn give_up(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.interceptor.as_ref().map(|i| i.give_up.clone())
     }
 
     /// Handles one request; always answers.
@@ -106,7 +132,7 @@ impl Proxy {
 
         let (mut resp, upstream_ms) = match self
             .clone()
-            .forward(req, conn, bytes_in.clone(), received_at)
+            .forward(req, conn, bytes_in.clone(), received_at, request_id.clone())
             .instrument(span.clone())
             .await
         {
@@ -167,12 +193,14 @@ impl Proxy {
         conn: ConnInfo,
         bytes_in: Arc<AtomicU64>,
         received_at: String,
+        request_id: String,
     ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
         self.admit(&req, &conn)?;
         // Classified once: only TestCaseResult writes leave the streaming path.
         let op = crate::intercept::classify::classify(req.method(), req.uri().path());
         if let (Some(icpt), false) = (&self.interceptor, op == Operation::Passthrough) {
-            return crate::intercept::handle(&self, icpt, op, req, conn, received_at).await;
+            return crate::intercept::handle(&self, icpt, op, req, conn, received_at, request_id)
+                .await;
         }
         let client_origin = client_origin(&req, conn.tls);
         let is_head = req.method() == Method::HEAD;
@@ -202,13 +230,13 @@ impl Proxy {
         mut parts: http::request::Parts,
         body: bytes::Bytes,
         conn: &ConnInfo,
-    ) -> Result<(Response<Incoming>, Option<f64>), ProxyError> {
+    ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let body = http_body_util::Full::new(body)
-            .map_err(|never| -> BoxError { match never {} })
+            .map_err(crate::server::box_never)
             .boxed_unsync();
         self.send(parts, body, conn).await
     }
@@ -220,7 +248,17 @@ impl Proxy {
         mut parts: http::request::Parts,
         body: Body,
         conn: &ConnInfo,
-    ) -> Result<(Response<Incoming>, Option<f64>), ProxyError> {
+    ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
+        // Within the caller's slots (anonymous requests have none to count against).
+        let slot = match self.fingerprints.of(&parts.headers) {
+            Some(c) => Some(
+                self.governor
+                    .acquire(c.fingerprint())
+                    .await
+                    .map_err(|e| ProxyError::Overloaded(e.to_string()))?,
+            ),
+            None => None,
+        };
         let pq = parts
             .uri
             .path_and_query()
@@ -257,7 +295,18 @@ impl Proxy {
             )),
             Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
             Ok(Err(e)) => Err(ProxyError::UpstreamBroken(error_chain(&e))),
-            Ok(Ok(resp)) => Ok((resp, Some(upstream_ms))),
+            Ok(Ok(resp)) => {
+                // The slot is held until the answer's body has been relayed.
+                let resp = resp.map(|b| {
+                    b.map_err(crate::server::box_hyper)
+                        .map_frame(move |f| {
+                            let _held = &slot;
+                            f
+                        })
+                        .boxed_unsync()
+                });
+                Ok((resp, Some(upstream_ms)))
+            }
         }
     }
 
@@ -291,15 +340,12 @@ impl Proxy {
     /// Phase 4: hop-by-hop headers out, `Location` and JSON bodies rewritten to the client's origin.
     fn relay(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<Body>,
         client_origin: Option<&str>,
         is_head: bool,
     ) -> Response<Body> {
-        let (mut parts, incoming) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let mut body: Body = incoming
-            .map_err(|e| -> BoxError { Box::new(e) })
-            .boxed_unsync();
 
         let rewriter = client_origin
             .filter(|_| self.cfg.rewrite_refs)

@@ -28,6 +28,34 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// Boxes a hyper error. A named function, not a closure: closures returning `BoxError` inside
+/// async code trip a known higher-ranked lifetime inference problem in rustc.
+pub fn box_hyper(e: hyper::Error) -> BoxError {
+    Box::new(e)
+}
+
+/// Turns an infallible body error into `BoxError` (see [`box_hyper`]).
+pub fn box_never(e: std::convert::Infallible) -> BoxError {
+    match e {}
+}
+
+/// Collects a body up to `max` bytes. (Written out rather than with `Limited` because
+/// `Limited` over a boxed body inside async code trips the same inference problem.)
+pub async fn collect_limited(mut body: Body, max: usize) -> Result<Bytes, String> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(format!("longer than {max} bytes"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// What a handler knows about the connection a request came in on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {

@@ -15,8 +15,9 @@ use serde_json::{Map, Value};
 
 use super::guard::Lookup;
 use crate::credential::Credential;
+use crate::governor::Governor;
 use crate::proxy::upstream::UpstreamClient;
-use crate::server::BoxError;
+
 use crate::wsapi::SERVICE_ROOT;
 
 /// Largest answer a lookup reads.
@@ -24,6 +25,7 @@ const MAX_LOOKUP_BODY: usize = 4 * 1024 * 1024;
 
 pub struct Lookups {
     client: UpstreamClient,
+    governor: Arc<Governor>,
     origin: String,
     authority: HeaderValue,
     timeout: Duration,
@@ -41,6 +43,7 @@ pub struct LookupError(pub String);
 impl Lookups {
     pub fn new(
         client: UpstreamClient,
+        governor: Arc<Governor>,
         origin: String,
         authority: HeaderValue,
         timeout: Duration,
@@ -65,6 +68,7 @@ impl Lookups {
         }
         Lookups {
             client,
+            governor,
             origin,
             authority,
             timeout,
@@ -80,8 +84,9 @@ impl Lookups {
         }
     }
 
-    /// GET `<service root>/<path_and_query>` with the caller's credential; the status and JSON.
-    async fn get(
+    /// GET `<service root>/<path_and_query>` with the caller's credential, within the caller's
+    /// governor slots; the status and JSON.
+    pub async fn get_json(
         &self,
         cred: &Credential,
         path_and_query: &str,
@@ -90,7 +95,7 @@ impl Lookups {
         let mut req = Request::get(uri)
             .body(
                 Full::new(Bytes::new())
-                    .map_err(|never| -> BoxError { match never {} })
+                    .map_err(crate::server::box_never)
                     .boxed_unsync(),
             )
             .map_err(|e| LookupError(e.to_string()))?;
@@ -99,6 +104,11 @@ impl Lookups {
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         h.insert("x-rally-sidecar-lookup", HeaderValue::from_static("1"));
         cred.apply(h);
+        let _slot = self
+            .governor
+            .acquire(cred.fingerprint())
+            .await
+            .map_err(|e| LookupError(e.to_string()))?;
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
             .map_err(|_| LookupError(format!("no answer within {:?}", self.timeout)))?
@@ -119,7 +129,7 @@ impl Lookups {
         id: &str,
     ) -> Result<Arc<Lookup>, LookupError> {
         let (status, json) = self
-            .get(cred, &format!("testcase/{id}?fetch={}", self.fetch))
+            .get_json(cred, &format!("testcase/{id}?fetch={}", self.fetch))
             .await?;
         if status != StatusCode::OK {
             return Err(LookupError(format!(
@@ -155,7 +165,7 @@ impl Lookups {
             return;
         };
         if let Ok((StatusCode::OK, json)) = self
-            .get(cred, &format!("project/{id}?fetch=Name,State"))
+            .get_json(cred, &format!("project/{id}?fetch=Name,State"))
             .await
             && let Some(p) = json.get("Project").cloned()
         {
@@ -179,7 +189,7 @@ impl Lookups {
     /// The caller's own user ref (`/user/<oid>`), for Tester.
     pub async fn owner(&self, cred: &Credential) -> Result<String, LookupError> {
         let fetch = async {
-            let (status, json) = self.get(cred, "user?fetch=ObjectID,UserName").await?;
+            let (status, json) = self.get_json(cred, "user?fetch=ObjectID,UserName").await?;
             let oid = json.get("User").and_then(|u| u.get("ObjectID"));
             let oid = match oid {
                 Some(Value::Number(n)) => n.to_string(),
@@ -206,7 +216,7 @@ impl Lookups {
         result_id: &str,
     ) -> Result<Option<String>, LookupError> {
         let (_, json) = self
-            .get(cred, &format!("testcaseresult/{result_id}?fetch=TestCase"))
+            .get_json(cred, &format!("testcaseresult/{result_id}?fetch=TestCase"))
             .await?;
         Ok(json
             .get("TestCaseResult")

@@ -31,6 +31,13 @@ impl SidecarProcess {
             upstream,
         ])
         .env("RALLY_SIDECAR_LOG_FORMAT", "json")
+        .env(
+            "RALLY_SIDECAR_JOURNAL_PATH",
+            std::env::temp_dir().join(format!(
+                "rally-sidecar-proc-{}.sqlite",
+                uuid::Uuid::new_v4()
+            )),
+        )
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

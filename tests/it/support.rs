@@ -94,6 +94,7 @@ impl Sidecar {
     ) -> Sidecar {
         logs();
         let mut raw = RawConfig::default();
+        raw.journal.path = Some(temp_dir("journal").join("journal.sqlite"));
         let mut ov = Overrides {
             listen: Some("127.0.0.1:0".into()),
             upstream: Some(upstream.into()),

@@ -1,0 +1,453 @@
+//! Confirmation: the client's answer to a TestCaseResult write is held until the sidecar knows
+//! the result's fate, and the client is told the truth (docs/confirmation.md).
+//!
+//! The state machine in [`confirm`] works against the [`Upstream`] trait — create, read back,
+//! find by fingerprint — so it is tested on paused time with a scripted upstream; the real
+//! implementation is in `confirm::rally`. The pieces it is made of are pure:
+//! [`classify_answer`] (what an answer means), [`Expected::compare`] (is the stored result the
+//! one sent), [`fingerprint_query`] (how to find it without an idempotency key), and
+//! [`backoff`] (exponential, full jitter, capped, honouring Retry-After).
+//!
+//! Invariant: a result is created again only after a fingerprint query found nothing, so a
+//! write that Rally stored but did not acknowledge is adopted, not duplicated.
+
+pub mod rally;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::intercept::envelope::parse_ref;
+
+/// Retry and confirmation policy (`[confirm]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Re-submissions after the first attempt.
+    pub max_attempts: u32,
+    /// Overall budget from the first attempt to the answer.
+    pub timeout: Duration,
+    /// How long an accepted result may take to become readable before it is presumed lost.
+    pub readback_window: Duration,
+}
+
+/// What one answer to a create or update means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Errors empty and an Object with an ObjectID.
+    Accepted { object_id: i64 },
+    /// Rally refused for a reason a retry can fix (concurrency conflict, unit of work) and
+    /// nothing was written.
+    Retry {
+        cause: String,
+        retry_after: Option<Duration>,
+    },
+    /// The write may or may not have happened (no answer, reset, 5xx, gateway timeout).
+    Ambiguous {
+        cause: String,
+        retry_after: Option<Duration>,
+    },
+    /// Rally refused for good (validation, authorization): relay its answer, never retry.
+    Final { cause: String },
+}
+
+/// Texts Rally uses for refusals a retry can fix (rally-wsapi.md §13).
+const RETRYABLE: &[&str] = &[
+    "Concurrency conflict",
+    "Could not write changes in Unit Of Work",
+];
+
+/// Classifies an HTTP answer (status, parsed body) to a create or an update.
+pub fn classify_answer(status: u16, body: &Value, retry_after: Option<Duration>) -> Answer {
+    let root = body.as_object().and_then(|m| m.values().next());
+    let errors: Vec<String> = root
+        .and_then(|r| r.get("Errors"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    match status {
+        200 => {
+            if let Some(first) = errors.first() {
+                if RETRYABLE.iter().any(|r| first.contains(r)) {
+                    return Answer::Retry {
+                        cause: first.clone(),
+                        retry_after,
+                    };
+                }
+                return Answer::Final {
+                    cause: first.clone(),
+                };
+            }
+            let oid = root
+                .and_then(|r| r.get("Object"))
+                .and_then(|o| o.get("ObjectID"));
+            match oid.and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            }) {
+                Some(object_id) => Answer::Accepted { object_id },
+                None => Answer::Ambiguous {
+                    cause: "Rally answered 200 without an ObjectID".into(),
+                    retry_after,
+                },
+            }
+        }
+        500 | 502 | 503 | 504 | 524 => Answer::Ambiguous {
+            cause: format!("Rally answered HTTP {status}"),
+            retry_after,
+        },
+        _ => Answer::Final {
+            cause: errors
+                .first()
+                .cloned()
+                .unwrap_or_else(|| format!("Rally answered HTTP {status}")),
+        },
+    }
+}
+
+/// What was sent, to be found again in what Rally stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub test_case: Option<String>,
+    pub build: Option<String>,
+    pub date: Option<String>,
+    pub verdict: Option<String>,
+    pub tester: Option<String>,
+}
+
+fn ref_id(v: Option<&Value>) -> Option<String> {
+    parse_ref(v?).map(|(_, id)| id)
+}
+
+fn instant(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+impl Expected {
+    /// From the attributes of the (enriched) write.
+    pub fn from_fields(f: &Map<String, Value>) -> Expected {
+        let s = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_string);
+        Expected {
+            test_case: ref_id(f.get("TestCase")),
+            build: s("Build"),
+            date: s("Date"),
+            verdict: s("Verdict"),
+            tester: ref_id(f.get("Tester")),
+        }
+    }
+
+    /// `None` if `stored` (a read-back TestCaseResult) is the result sent; else what differs.
+    pub fn compare(&self, stored: &Map<String, Value>) -> Option<String> {
+        let mut diffs = Vec::new();
+        if let Some(tc) = &self.test_case {
+            if ref_id(stored.get("TestCase")).as_ref() != Some(tc) {
+                diffs.push(format!("TestCase is not {tc}"));
+            }
+        }
+        for (name, want) in [("Build", &self.build), ("Verdict", &self.verdict)] {
+            if let Some(w) = want {
+                if stored.get(name).and_then(Value::as_str) != Some(w.as_str()) {
+                    diffs.push(format!(
+                        "{name} is {:?}, sent {w:?}",
+                        stored.get(name).and_then(Value::as_str).unwrap_or("")
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &self.date {
+            let got = stored.get("Date").and_then(Value::as_str).unwrap_or("");
+            let same = match (instant(d), instant(got)) {
+                (Some(a), Some(b)) => a == b,
+                _ => got == d,
+            };
+            if !same {
+                diffs.push(format!("Date is {got:?}, sent {d:?}"));
+            }
+        }
+        if let Some(t) = &self.tester {
+            if ref_id(stored.get("Tester")).as_ref() != Some(t) {
+                diffs.push(format!("Tester is not {t}"));
+            }
+        }
+        (!diffs.is_empty()).then(|| diffs.join("; "))
+    }
+}
+
+/// Quotes a value for the query language so no input can change the query's meaning. WSAPI
+/// has no escape for `"` inside a quoted value (rally-wsapi.md §17.9), so a value containing
+/// one cannot be expressed safely: the caller gets `None` and must not query by it.
+pub fn quote(value: &str) -> Option<String> {
+    let ok = !value.is_empty() && !value.contains('"') && !value.chars().any(|c| c.is_control());
+    ok.then(|| format!("\"{value}\""))
+}
+
+/// The fingerprint query: `TestCase + Build + Date + Verdict`, pairwise AND, every value
+/// quoted. `None` when a value cannot be quoted safely (then no re-create is risked).
+pub fn fingerprint_query(e: &Expected) -> Option<String> {
+    let tc = e.test_case.as_deref()?;
+    if !tc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return None;
+    }
+    let tc = quote(&format!("/testcase/{tc}"))?;
+    let build = quote(e.build.as_deref()?)?;
+    let date = quote(e.date.as_deref()?)?;
+    let verdict = quote(e.verdict.as_deref()?)?;
+    Some(format!(
+        "((((TestCase = {tc}) AND (Build = {build})) AND (Date = {date})) AND (Verdict = {verdict}))"
+    ))
+}
+
+/// Delay before retry `n` (1-based): exponential from `initial`, capped at `max`, full jitter
+/// (`jitter` in [0, 1) picks a point in [0, cap]); a `Retry-After` from Rally wins if longer.
+pub fn backoff(p: &Policy, n: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
+    let exp = p.initial_backoff.saturating_mul(
+        1u32.checked_shl(n.saturating_sub(1).min(20))
+            .unwrap_or(u32::MAX),
+    );
+    let cap = exp.min(p.max_backoff);
+    let jittered = cap.mul_f64(jitter.clamp(0.0, 1.0));
+    match retry_after {
+        Some(ra) if ra > jittered => ra.min(p.max_backoff.max(ra)),
+        _ => jittered,
+    }
+}
+
+/// A read-back's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadBack {
+    Found(Map<String, Value>),
+    NotFound,
+    Failed(String),
+}
+
+/// Rally's answer to one attempt, as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// What the sidecar can do against Rally for one write (with the caller's credential).
+#[async_trait::async_trait]
+pub trait Upstream: Send + Sync {
+    /// Sends the write once. Returns the classification and Rally's raw answer
+    /// (status, body bytes) when there was one.
+    async fn submit(&self) -> (Answer, Option<RawAnswer>);
+    /// Reads a result back by ObjectID.
+    async fn read(&self, object_id: i64) -> ReadBack;
+    /// Looks for the result by its fingerprint; the ObjectIDs found.
+    async fn find(&self, query: &str) -> Result<Vec<i64>, String>;
+}
+
+/// The fate of a write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fate {
+    /// Read back and equal to what was sent. `answer` is Rally's accepting answer, if the
+    /// winning attempt got one (an adopted result has none).
+    Confirmed {
+        object_id: i64,
+        attempts: u32,
+        adopted: bool,
+        answer: Option<RawAnswer>,
+    },
+    /// Refused by Rally for good: relay its answer.
+    Rejected {
+        attempts: u32,
+        cause: String,
+        answer: Option<RawAnswer>,
+    },
+    /// Not known in time.
+    Unconfirmed {
+        attempts: u32,
+        cause: String,
+        object_id: Option<i64>,
+    },
+}
+
+/// A create may be looked for by fingerprint and written again; an update is only retried
+/// and read back (re-applying the same change is harmless), never looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Create,
+    Update,
+}
+
+/// Drives one write to its fate. `jitter` yields values in [0, 1); `give_up` resolves when the
+/// sidecar must answer now (shutdown).
+pub async fn confirm<U: Upstream>(
+    up: &U,
+    kind: Kind,
+    expected: &Expected,
+    policy: &Policy,
+    mut jitter: impl FnMut() -> f64 + Send,
+    give_up: impl std::future::Future<Output = ()> + Send,
+) -> Fate {
+    let deadline = tokio::time::Instant::now() + policy.timeout;
+    tokio::pin!(give_up);
+    let mut attempts = 0u32;
+    let mut cause = String::from("no attempt made");
+    // After an ambiguous answer or a lost acceptance, look before writing again.
+    let mut must_look = false;
+    let query = fingerprint_query(expected);
+    loop {
+        if attempts > policy.max_attempts {
+            return Fate::Unconfirmed {
+                attempts,
+                cause,
+                object_id: None,
+            };
+        }
+        if must_look && matches!(kind, Kind::Create) {
+            let Some(q) = &query else {
+                return Fate::Unconfirmed {
+                    attempts,
+                    cause: format!(
+                        "{cause}; not retried: the result's values cannot be searched for safely"
+                    ),
+                    object_id: None,
+                };
+            };
+            match up.find(q).await {
+                Ok(found) if !found.is_empty() => {
+                    let object_id = found.iter().copied().min().unwrap_or(found[0]);
+                    tracing::info!(
+                        object_id,
+                        "fingerprint hit: adopting the stored result instead of writing it again"
+                    );
+                    return match read_until(up, object_id, expected, policy, deadline, &mut jitter)
+                        .await
+                    {
+                        Ok(()) => Fate::Confirmed {
+                            object_id,
+                            attempts,
+                            adopted: true,
+                            answer: None,
+                        },
+                        Err(c) => Fate::Unconfirmed {
+                            attempts,
+                            cause: c,
+                            object_id: Some(object_id),
+                        },
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Fate::Unconfirmed {
+                        attempts,
+                        cause: format!("{cause}; the fingerprint check failed: {e}"),
+                        object_id: None,
+                    };
+                }
+            }
+        }
+        attempts += 1;
+        let (answer, raw) = tokio::select! {
+            r = up.submit() => r,
+            _ = &mut give_up => return Fate::Unconfirmed { attempts, cause: "the sidecar is shutting down".into(), object_id: None },
+        };
+        let retry_after = match answer {
+            Answer::Accepted { object_id } => {
+                match read_until(up, object_id, expected, policy, deadline, &mut jitter).await {
+                    Ok(()) => {
+                        return Fate::Confirmed {
+                            object_id,
+                            attempts,
+                            adopted: false,
+                            answer: raw,
+                        };
+                    }
+                    Err(c) if c.starts_with("not readable") && matches!(kind, Kind::Create) => {
+                        // Acknowledged but never stored (or lost): look, then write again.
+                        cause = c;
+                        must_look = true;
+                        None
+                    }
+                    Err(c) => {
+                        return Fate::Unconfirmed {
+                            attempts,
+                            cause: c,
+                            object_id: Some(object_id),
+                        };
+                    }
+                }
+            }
+            Answer::Final { cause } => {
+                return Fate::Rejected {
+                    attempts,
+                    cause,
+                    answer: raw,
+                };
+            }
+            Answer::Retry {
+                cause: c,
+                retry_after,
+            } => {
+                cause = c;
+                retry_after
+            }
+            Answer::Ambiguous {
+                cause: c,
+                retry_after,
+            } => {
+                cause = c;
+                must_look = true;
+                retry_after
+            }
+        };
+        if attempts > policy.max_attempts {
+            continue;
+        }
+        let wait = backoff(policy, attempts, jitter(), retry_after);
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Fate::Unconfirmed {
+                attempts,
+                cause: format!("{cause} (confirm.timeout reached)"),
+                object_id: None,
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut give_up => return Fate::Unconfirmed { attempts, cause: format!("{cause}; the sidecar is shutting down"), object_id: None },
+        }
+    }
+}
+
+/// Polls the read-back until it matches, differs for good, or the window ends.
+async fn read_until<U: Upstream>(
+    up: &U,
+    object_id: i64,
+    expected: &Expected,
+    policy: &Policy,
+    deadline: tokio::time::Instant,
+    jitter: &mut (impl FnMut() -> f64 + Send),
+) -> Result<(), String> {
+    let window_end = (tokio::time::Instant::now() + policy.readback_window).min(deadline);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let last = match up.read(object_id).await {
+            ReadBack::Found(stored) => match expected.compare(&stored) {
+                None => return Ok(()),
+                Some(diff) => format!("read back differs: {diff}"),
+            },
+            ReadBack::NotFound => {
+                format!("not readable: result {object_id} was acknowledged but cannot be read")
+            }
+            ReadBack::Failed(e) => format!("read back failed: {e}"),
+        };
+        let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
+        if tokio::time::Instant::now() + wait >= window_end {
+            return Err(last);
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

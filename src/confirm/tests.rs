@@ -1,0 +1,446 @@
+//! The confirmation state machine on paused tokio time against a scripted upstream: every
+//! outcome, in milliseconds of real time.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::*;
+
+fn policy() -> Policy {
+    Policy {
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(5),
+        max_attempts: 3,
+        timeout: Duration::from_secs(60),
+        readback_window: Duration::from_secs(10),
+    }
+}
+
+fn expected() -> Expected {
+    Expected {
+        test_case: Some("1001".into()),
+        build: Some("b1".into()),
+        date: Some("2026-01-01T10:00:00.000Z".into()),
+        verdict: Some("Pass".into()),
+        tester: Some("400".into()),
+    }
+}
+
+fn stored(build: &str) -> Map<String, Value> {
+    json!({"TestCase": {"_ref": "https://x/slm/webservice/v2.0/testcase/1001"}, "Build": build,
+           "Date": "2026-01-01T10:00:00Z", "Verdict": "Pass", "Tester": {"_ref": "/user/400"}})
+    .as_object()
+    .cloned()
+    .unwrap_or_default()
+}
+
+/// A scripted Rally: answers to submits in order, a store of readable results.
+#[derive(Default)]
+struct Script {
+    answers: Mutex<VecDeque<Answer>>,
+    /// object id → (readable after this many reads, build stored)
+    store: Mutex<Vec<(i64, u32, String)>>,
+    reads: Mutex<u32>,
+    submits: Mutex<u32>,
+    finds: Mutex<Vec<String>>,
+    /// What `find` returns.
+    found: Mutex<Vec<i64>>,
+}
+
+#[async_trait::async_trait]
+impl Upstream for Script {
+    async fn submit(&self) -> (Answer, Option<RawAnswer>) {
+        *self.submits.lock().expect("lock") += 1;
+        let a = self
+            .answers
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .unwrap_or(Answer::Ambiguous {
+                cause: "script ran out".into(),
+                retry_after: None,
+            });
+        (
+            a,
+            Some(RawAnswer {
+                status: 200,
+                headers: http::HeaderMap::new(),
+                body: bytes::Bytes::from_static(b"{}"),
+            }),
+        )
+    }
+    async fn read(&self, object_id: i64) -> ReadBack {
+        let mut reads = self.reads.lock().expect("lock");
+        *reads += 1;
+        let store = self.store.lock().expect("lock");
+        match store.iter().find(|(o, _, _)| *o == object_id) {
+            Some((_, after, build)) if *reads > *after => ReadBack::Found(stored(build)),
+            _ => ReadBack::NotFound,
+        }
+    }
+    async fn find(&self, query: &str) -> Result<Vec<i64>, String> {
+        self.finds.lock().expect("lock").push(query.to_string());
+        Ok(self.found.lock().expect("lock").clone())
+    }
+}
+
+async fn run(s: &Script, kind: Kind) -> Fate {
+    confirm(
+        s,
+        kind,
+        &expected(),
+        &policy(),
+        || 0.5,
+        std::future::pending(),
+    )
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn accepted_and_readable_is_confirmed_in_one_attempt() {
+    let s = Script::default();
+    s.answers
+        .lock()
+        .expect("l")
+        .push_back(Answer::Accepted { object_id: 7 });
+    s.store.lock().expect("l").push((7, 0, "b1".into()));
+    let fate = run(&s, Kind::Create).await;
+    assert!(
+        matches!(
+            fate,
+            Fate::Confirmed {
+                object_id: 7,
+                attempts: 1,
+                adopted: false,
+                ..
+            }
+        ),
+        "{fate:?}"
+    );
+    assert!(
+        s.finds.lock().expect("l").is_empty(),
+        "no fingerprint query when all went well"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_lag_is_polled_through() {
+    let s = Script::default();
+    s.answers
+        .lock()
+        .expect("l")
+        .push_back(Answer::Accepted { object_id: 7 });
+    s.store.lock().expect("l").push((7, 3, "b1".into()));
+    let fate = run(&s, Kind::Create).await;
+    assert!(
+        matches!(fate, Fate::Confirmed { attempts: 1, .. }),
+        "{fate:?}"
+    );
+    assert_eq!(*s.reads.lock().expect("l"), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_write_is_looked_for_then_written_again_once() {
+    let s = Script::default();
+    // Acknowledged as 7 but never stored; the second attempt lands as 8.
+    s.answers.lock().expect("l").extend([
+        Answer::Accepted { object_id: 7 },
+        Answer::Accepted { object_id: 8 },
+    ]);
+    s.store.lock().expect("l").push((8, 0, "b1".into()));
+    let t = tokio::time::Instant::now();
+    let fate = run(&s, Kind::Create).await;
+    assert!(
+        matches!(
+            fate,
+            Fate::Confirmed {
+                object_id: 8,
+                attempts: 2,
+                adopted: false,
+                ..
+            }
+        ),
+        "{fate:?}"
+    );
+    assert_eq!(
+        s.finds.lock().expect("l").len(),
+        1,
+        "looked before writing again"
+    );
+    assert!(
+        t.elapsed() >= policy().readback_window - Duration::from_secs(2),
+        "waited for the read-back window"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn gateway_timeout_after_persisting_is_adopted_not_duplicated() {
+    let s = Script::default();
+    s.answers.lock().expect("l").push_back(Answer::Ambiguous {
+        cause: "Rally answered HTTP 502".into(),
+        retry_after: None,
+    });
+    s.store.lock().expect("l").push((42, 0, "b1".into()));
+    *s.found.lock().expect("l") = vec![42];
+    let fate = run(&s, Kind::Create).await;
+    assert!(
+        matches!(
+            fate,
+            Fate::Confirmed {
+                object_id: 42,
+                attempts: 1,
+                adopted: true,
+                ..
+            }
+        ),
+        "{fate:?}"
+    );
+    assert_eq!(*s.submits.lock().expect("l"), 1, "no re-create");
+    let q = s.finds.lock().expect("l")[0].clone();
+    assert_eq!(
+        q,
+        "((((TestCase = \"/testcase/1001\") AND (Build = \"b1\")) AND (Date = \"2026-01-01T10:00:00.000Z\")) AND (Verdict = \"Pass\"))"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn conflict_is_retried_without_looking() {
+    let s = Script::default();
+    s.answers.lock().expect("l").extend([
+        Answer::Retry {
+            cause: "Concurrency conflict: ...".into(),
+            retry_after: None,
+        },
+        Answer::Accepted { object_id: 9 },
+    ]);
+    s.store.lock().expect("l").push((9, 0, "b1".into()));
+    let fate = run(&s, Kind::Create).await;
+    assert!(
+        matches!(
+            fate,
+            Fate::Confirmed {
+                object_id: 9,
+                attempts: 2,
+                ..
+            }
+        ),
+        "{fate:?}"
+    );
+    assert!(s.finds.lock().expect("l").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_before_persisting_is_written_again_after_looking() {
+    let s = Script::default();
+    s.answers.lock().expect("l").extend([
+        Answer::Ambiguous {
+            cause: "connection reset".into(),
+            retry_after: None,
+        },
+        Answer::Accepted { object_id: 10 },
+    ]);
+    s.store.lock().expect("l").push((10, 0, "b1".into()));
+    let fate = run(&s, Kind::Create).await;
+    assert!(
+        matches!(
+            fate,
+            Fate::Confirmed {
+                object_id: 10,
+                attempts: 2,
+                adopted: false,
+                ..
+            }
+        ),
+        "{fate:?}"
+    );
+    assert_eq!(s.finds.lock().expect("l").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn validation_errors_are_final() {
+    let s = Script::default();
+    s.answers.lock().expect("l").push_back(Answer::Final {
+        cause: "Validation error: TestCaseResult.Verdict ...".into(),
+    });
+    let fate = run(&s, Kind::Create).await;
+    assert!(
+        matches!(fate, Fate::Rejected { attempts: 1, .. }),
+        "{fate:?}"
+    );
+    assert_eq!(*s.submits.lock().expect("l"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_max_attempts_with_the_last_cause() {
+    let s = Script::default();
+    for _ in 0..10 {
+        s.answers.lock().expect("l").push_back(Answer::Retry {
+            cause: "Could not write changes in Unit Of Work".into(),
+            retry_after: None,
+        });
+    }
+    let fate = run(&s, Kind::Create).await;
+    match fate {
+        Fate::Unconfirmed {
+            attempts, cause, ..
+        } => {
+            assert_eq!(attempts, 4, "the first attempt and 3 re-submits");
+            assert!(cause.contains("Unit Of Work"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_and_the_timeout_bounds_everything() {
+    let s = Script::default();
+    s.answers.lock().expect("l").extend([
+        Answer::Ambiguous {
+            cause: "Rally answered HTTP 503".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        },
+        Answer::Ambiguous {
+            cause: "Rally answered HTTP 503".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        },
+        Answer::Ambiguous {
+            cause: "Rally answered HTTP 503".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        },
+    ]);
+    let t = tokio::time::Instant::now();
+    let fate = run(&s, Kind::Create).await;
+    assert!(matches!(fate, Fate::Unconfirmed { .. }), "{fate:?}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(30),
+        "waited as Rally asked"
+    );
+    assert!(t.elapsed() <= policy().timeout, "within confirm.timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_that_reads_back_different_is_unconfirmed() {
+    let s = Script::default();
+    s.answers
+        .lock()
+        .expect("l")
+        .push_back(Answer::Accepted { object_id: 5 });
+    s.store.lock().expect("l").push((5, 0, "other".into()));
+    let fate = run(&s, Kind::Update).await;
+    match fate {
+        Fate::Unconfirmed {
+            cause, object_id, ..
+        } => {
+            assert!(cause.contains("Build is \"other\""), "{cause}");
+            assert_eq!(object_id, Some(5));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_answers_held_writes_at_once() {
+    let s = Script::default();
+    for _ in 0..5 {
+        s.answers.lock().expect("l").push_back(Answer::Retry {
+            cause: "Concurrency conflict".into(),
+            retry_after: Some(Duration::from_secs(5)),
+        });
+    }
+    let give_up = tokio::time::sleep(Duration::from_secs(1));
+    let fate = confirm(&s, Kind::Create, &expected(), &policy(), || 0.5, give_up).await;
+    match fate {
+        Fate::Unconfirmed { cause, .. } => assert!(cause.contains("shutting down"), "{cause}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn classification() {
+    let ok = json!({"CreateResult": {"Errors": [], "Object": {"ObjectID": 12}}});
+    assert_eq!(
+        classify_answer(200, &ok, None),
+        Answer::Accepted { object_id: 12 }
+    );
+    let conflict = json!({"CreateResult": {"Errors": ["Concurrency conflict: [Object has been modified ...]"]}});
+    assert!(matches!(
+        classify_answer(200, &conflict, None),
+        Answer::Retry { .. }
+    ));
+    let validation = json!({"CreateResult": {"Errors": ["Validation error: TestCaseResult.Build should not be null"]}});
+    assert!(matches!(
+        classify_answer(200, &validation, None),
+        Answer::Final { .. }
+    ));
+    for status in [500, 502, 503, 504, 524] {
+        assert!(
+            matches!(
+                classify_answer(status, &Value::Null, None),
+                Answer::Ambiguous { .. }
+            ),
+            "{status}"
+        );
+    }
+    for status in [401, 403, 404, 400] {
+        assert!(
+            matches!(
+                classify_answer(status, &Value::Null, None),
+                Answer::Final { .. }
+            ),
+            "{status}"
+        );
+    }
+    let string_oid = json!({"OperationResult": {"Errors": [], "Object": {"ObjectID": "77"}}});
+    assert_eq!(
+        classify_answer(200, &string_oid, None),
+        Answer::Accepted { object_id: 77 }
+    );
+}
+
+#[test]
+fn no_input_can_change_the_query() {
+    let mut e = expected();
+    e.build = Some("b\") OR (Build != \"x".into());
+    assert_eq!(
+        fingerprint_query(&e),
+        None,
+        "a quote in a value refuses the query"
+    );
+    e.build = Some("b\n".into());
+    assert_eq!(fingerprint_query(&e), None);
+    let mut e = expected();
+    e.test_case = Some("1001) OR (1".into());
+    assert_eq!(fingerprint_query(&e), None);
+    let mut e = expected();
+    e.build = Some("nightly (AND) OR ) (".into());
+    let q = fingerprint_query(&e).expect("parentheses and words inside quotes are harmless");
+    assert!(q.contains("(Build = \"nightly (AND) OR ) (\")"));
+}
+
+#[test]
+fn backoff_is_exponential_capped_and_jittered() {
+    let p = policy();
+    assert_eq!(backoff(&p, 1, 1.0, None), Duration::from_millis(200));
+    assert_eq!(backoff(&p, 3, 1.0, None), Duration::from_millis(800));
+    assert_eq!(backoff(&p, 30, 1.0, None), Duration::from_secs(5), "capped");
+    assert_eq!(
+        backoff(&p, 3, 0.0, None),
+        Duration::ZERO,
+        "full jitter reaches zero"
+    );
+    assert_eq!(
+        backoff(&p, 1, 0.5, Some(Duration::from_secs(2))),
+        Duration::from_secs(2),
+        "Retry-After wins"
+    );
+}
+
+#[test]
+fn comparison_treats_dates_as_instants() {
+    let e = expected();
+    assert_eq!(e.compare(&stored("b1")), None);
+    assert!(e.compare(&stored("b2")).is_some());
+}
