@@ -705,9 +705,12 @@ async fn form_queries_anonymous_requests_and_bad_bodies() {
 
 #[tokio::test]
 async fn guard_lookups_are_cached_per_credential() {
-    let (sim, sidecar) =
-        stack(|raw, _| raw.context.build = Some(rally_sidecar::config::Text::Str("b".into())))
-            .await;
+    // Confirmation off: only the guard's reads are counted here.
+    let (sim, sidecar) = stack(|raw, _| {
+        raw.context.build = Some(rally_sidecar::config::Text::Str("b".into()));
+        raw.confirm.enabled = Some(false);
+    })
+    .await;
     let before = sim
         .sim
         .stats()
