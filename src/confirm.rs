@@ -283,6 +283,7 @@ pub enum Kind {
 pub async fn confirm<U: Upstream>(
     up: &U,
     kind: Kind,
+    look_first: bool,
     expected: &Expected,
     policy: &Policy,
     mut jitter: impl FnMut() -> f64 + Send,
@@ -292,8 +293,16 @@ pub async fn confirm<U: Upstream>(
     tokio::pin!(give_up);
     let mut attempts = 0u32;
     let mut cause = String::from("no attempt made");
-    // After an ambiguous answer or a lost acceptance, look before writing again.
-    let mut must_look = false;
+    // After an ambiguous answer or a lost acceptance, look before writing again. After an
+    // ambiguous answer the search is repeated for the whole read-back window: a result Rally
+    // stored may take that long to become visible, and writing again before then would
+    // duplicate it. After a lost acceptance the window has already been waited out.
+    let mut must_look = look_first;
+    let mut look_window = if look_first {
+        Duration::ZERO
+    } else {
+        policy.readback_window
+    };
     let query = fingerprint_query(expected);
     loop {
         if attempts > policy.max_attempts {
@@ -313,7 +322,7 @@ pub async fn confirm<U: Upstream>(
                     object_id: None,
                 };
             };
-            match up.find(q).await {
+            match find_until(up, q, look_window, policy, deadline, &mut jitter).await {
                 Ok(found) if !found.is_empty() => {
                     let object_id = found.iter().copied().min().unwrap_or(found[0]);
                     tracing::info!(
@@ -366,6 +375,7 @@ pub async fn confirm<U: Upstream>(
                         // Acknowledged but never stored (or lost): look, then write again.
                         cause = c;
                         must_look = true;
+                        look_window = Duration::ZERO;
                         None
                     }
                     Err(c) => {
@@ -397,6 +407,7 @@ pub async fn confirm<U: Upstream>(
             } => {
                 cause = c;
                 must_look = true;
+                look_window = policy.readback_window;
                 retry_after
             }
         };
@@ -415,6 +426,28 @@ pub async fn confirm<U: Upstream>(
             _ = tokio::time::sleep(wait) => {}
             _ = &mut give_up => return Fate::Unconfirmed { attempts, cause: format!("{cause}; the sidecar is shutting down"), object_id: None },
         }
+    }
+}
+
+/// Repeats the fingerprint search until something is found or `window` has passed.
+async fn find_until<U: Upstream>(
+    up: &U,
+    query: &str,
+    window: Duration,
+    policy: &Policy,
+    deadline: tokio::time::Instant,
+    jitter: &mut (impl FnMut() -> f64 + Send),
+) -> Result<Vec<i64>, String> {
+    let end = (tokio::time::Instant::now() + window).min(deadline);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let found = up.find(query).await?;
+        let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
+        if !found.is_empty() || tokio::time::Instant::now() + wait >= end {
+            return Ok(found);
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 

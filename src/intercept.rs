@@ -878,6 +878,7 @@ async fn confirm_write(
     let fate = confirm::confirm(
         &up,
         kind,
+        false,
         &expected,
         &icpt.cfg.confirm.policy,
         rand::random::<f64>,

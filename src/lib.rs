@@ -24,6 +24,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod redact;
+pub mod replay;
 pub mod server;
 pub mod sim;
 pub mod tls;

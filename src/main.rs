@@ -60,6 +60,11 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Inspect and replay the journal of intercepted writes.
+    Journal {
+        #[command(subcommand)]
+        action: JournalCommand,
+    },
     /// Create a local CA and a server certificate (ca.pem, cert.pem, key.pem).
     Cert {
         /// Directory to write into; an existing CA there is reused.
@@ -68,6 +73,35 @@ enum Command {
         /// Extra DNS names or IP addresses for the server certificate.
         #[arg(long = "san")]
         sans: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// List writes, newest first.
+    List {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Only writes in this state: pending, confirmed, rejected, unconfirmed.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-send unconfirmed writes with RALLY_API_KEY, each after a fingerprint check.
+    Replay {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Only these journal ids (default: every unconfirmed write).
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -138,6 +172,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Simulate(args)) => simulate(args),
+        Some(Command::Journal { action }) => journal(action),
         Some(Command::Demo {
             listen,
             admin_listen,
@@ -258,6 +293,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         gateway_timeout_rate: args.gateway_timeout_rate,
         reset_rate: args.reset_rate,
         read_lag: args.read_lag.clone(),
+        script: vec![],
     };
     if let Err(e) = faults.validate() {
         eprintln!("rally-sidecar simulate: {e}");
@@ -348,6 +384,113 @@ fn demo(
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rally-sidecar demo: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn journal(action: JournalCommand) -> ExitCode {
+    use rally_sidecar::journal::{Journal, State};
+    let (serve, state, limit, ids, json, replay) = match action {
+        JournalCommand::List {
+            serve,
+            state,
+            limit,
+            json,
+        } => (serve, state, limit, vec![], json, false),
+        JournalCommand::Replay { serve, ids, json } => (
+            serve,
+            Some("unconfirmed".to_string()),
+            100_000,
+            ids,
+            json,
+            true,
+        ),
+    };
+    let cfg = match load_config(&serve) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let state = match state.as_deref().map(|s| (s, State::parse(s))) {
+        None => None,
+        Some((_, Some(s))) => Some(s),
+        Some((s, None)) => {
+            eprintln!(
+                "rally-sidecar journal: --state {s:?} is not one of pending, confirmed, rejected, unconfirmed"
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let api_key = std::env::var("RALLY_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    if replay && api_key.is_none() {
+        eprintln!(
+            "rally-sidecar journal replay: set RALLY_API_KEY to a full-access API key of the user the results belong to"
+        );
+        return ExitCode::from(EX_USAGE);
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let (j, _) = match Journal::open(&cfg.journal.path) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("rally-sidecar journal: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let rows = match j.list(if replay { Some(State::Unconfirmed) } else { state }, ids, limit).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("rally-sidecar journal: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if !replay {
+            for r in &rows {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:>6}  {:<11}  {}  {:<6}  tc={:<10} build={:<16} verdict={:<8} attempts={} oid={} {}",
+                        r.id,
+                        r.state.as_str(),
+                        r.received_at,
+                        r.operation,
+                        r.test_case.as_deref().unwrap_or("-"),
+                        r.build.as_deref().unwrap_or("-"),
+                        r.verdict.as_deref().unwrap_or("-"),
+                        r.attempts,
+                        r.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+                        r.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            if !json {
+                eprintln!("{} row(s) from {}", rows.len(), cfg.journal.path.display());
+            }
+            return ExitCode::SUCCESS;
+        }
+        let key = api_key.unwrap_or_default();
+        match rally_sidecar::replay::replay(std::sync::Arc::new(cfg), &j, rows, &key).await {
+            Ok(done) => {
+                let landed = done.iter().filter(|d| d.state == State::Confirmed).count();
+                for d in &done {
+                    if json {
+                        println!("{}", serde_json::to_string(d).unwrap_or_default());
+                    } else {
+                        println!("{:>6}  {:<11}  oid={}  {}", d.id, d.state.as_str(), d.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), d.detail);
+                    }
+                }
+                eprintln!("replayed {}: {landed} confirmed, {} still unconfirmed", done.len(), done.len() - landed);
+                if landed == done.len() { ExitCode::SUCCESS } else { ExitCode::from(2) }
+            }
+            Err(e) => {
+                eprintln!("rally-sidecar journal replay: {e}");
                 ExitCode::FAILURE
             }
         }

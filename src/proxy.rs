@@ -109,6 +109,11 @@ impl Proxy {
         })
     }
 
+    /// The interception layer's lookups (for replay and sweep).
+    pub fn lookups(&self) -> Option<&Lookups> {
+        self.interceptor.as_ref().map(|i| &i.lookups)
+    }
+
     /// The token that makes held writes answer at once (cancelled near the shutdown deadline).
     pub fn give_up(&self) -> Option<tokio_util::sync::CancellationToken> {
         self.interceptor.as_ref().map(|i| i.give_up.clone())

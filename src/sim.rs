@@ -672,7 +672,12 @@ impl Simulator {
             Route::Create(t) | Route::Update(t, _) if t == Type::TestCaseResult => {
                 st.stats.writes_received += 1;
                 let is_create = matches!(r, Route::Create(_));
-                let fault = st.dice.write_fault(&st.faults, is_create);
+                let fault = if st.faults.script.is_empty() {
+                    st.dice.write_fault(&st.faults, is_create)
+                } else {
+                    let next = st.faults.script.remove(0);
+                    faults::scripted(&next).unwrap_or(WriteFault::None)
+                };
                 let fault = if top { fault } else { batch_entry_fault(fault) };
                 match fault {
                     WriteFault::ResetBefore => {

@@ -28,6 +28,10 @@ pub struct FaultConfig {
     pub reset_rate: f64,
     /// New TestCaseResults become readable only after this long, e.g. "2s".
     pub read_lag: Option<String>,
+    /// Forced outcomes for the next TestCaseResult writes, consumed one per write before any
+    /// random fault: "none", "drop", "conflict", "error", "gateway_timeout", "reset_before",
+    /// "reset_after". For tests that need one exact sequence.
+    pub script: Vec<String>,
 }
 
 /// What happens to one write.
@@ -40,6 +44,20 @@ pub enum WriteFault {
     Conflict,
     GatewayTimeout(u16),
     Drop,
+}
+
+/// A script entry's fault.
+pub fn scripted(s: &str) -> Option<WriteFault> {
+    Some(match s {
+        "none" => WriteFault::None,
+        "drop" => WriteFault::Drop,
+        "conflict" => WriteFault::Conflict,
+        "error" => WriteFault::Error(500),
+        "gateway_timeout" => WriteFault::GatewayTimeout(502),
+        "reset_before" => WriteFault::ResetBefore,
+        "reset_after" => WriteFault::ResetAfter,
+        _ => return None,
+    })
 }
 
 /// Parses "50ms" or "10ms..200ms".
@@ -80,6 +98,9 @@ impl FaultConfig {
         }
         if let Some(l) = &self.read_lag {
             humantime::parse_duration(l).map_err(|e| format!("read_lag {l:?}: {e}"))?;
+        }
+        for s in &self.script {
+            scripted(s).ok_or_else(|| format!("script entry {s:?} is not one of none, drop, conflict, error, gateway_timeout, reset_before, reset_after"))?;
         }
         Ok(())
     }
@@ -161,6 +182,7 @@ mod tests {
             reset_rate: 0.1,
             latency: Some("1ms..5ms".into()),
             read_lag: None,
+            script: vec![],
         };
         let run = |seed| {
             let mut d = Dice::new(seed);

@@ -3,6 +3,7 @@
 //! real sockets on 127.0.0.1:0.
 
 mod captures;
+mod confirm;
 mod e2e;
 mod edges;
 mod intercept;

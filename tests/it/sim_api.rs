@@ -559,6 +559,7 @@ async fn every_fault_knob_is_deterministic_under_a_seed() {
         reset_rate: 0.1,
         latency: None,
         read_lag: None,
+        script: vec![],
     };
     let sim = simulator(SimOptions {
         seed: 42,

@@ -1,0 +1,536 @@
+//! Confirmation against the simulator: each outcome with a scripted fault, replay, crash
+//! recovery, shutdown with held writes, the governor's cap (asserted from the simulator's
+//! side), and a bounded fault run that accounts for every write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use rally_sidecar::config::{Config, Overrides, RawConfig, Text};
+use rally_sidecar::journal::{Journal, NewWrite, State};
+use rally_sidecar::sim::faults::FaultConfig;
+use rally_sidecar::sim::model::Type;
+use rally_sidecar::sim::{SimHandle, SimOptions};
+use serde_json::{Value, json};
+
+use crate::support::{Sidecar, get, send, simulator, temp_dir};
+
+const WS: &str = "/slm/webservice/v2.0";
+const ALICE: (&str, &str) = ("zsessionid", "_sim_alice_key");
+
+/// Fast retries for tests; the read-back window stays above the simulator's read lag.
+fn fast(raw: &mut RawConfig) {
+    raw.context.build_env = Some(rally_sidecar::config::List::Items(vec![]));
+    raw.context.build = Some(Text::Str("cfg".into()));
+    raw.confirm.initial_backoff = Some("10ms".into());
+    raw.confirm.max_backoff = Some("100ms".into());
+    raw.confirm.readback_window = Some("800ms".into());
+    raw.confirm.timeout = Some("30s".into());
+}
+
+async fn stack(
+    sim_opts: SimOptions,
+    tweak: impl FnOnce(&mut RawConfig, &mut Overrides),
+) -> (SimHandle, Sidecar, std::path::PathBuf) {
+    let sim = simulator(sim_opts).await;
+    let journal = temp_dir("confirm").join("journal.sqlite");
+    let j = journal.clone();
+    let sidecar = Sidecar::start(&sim.base_url, |raw, ov| {
+        fast(raw);
+        raw.journal.path = Some(j);
+        tweak(raw, ov);
+    })
+    .await;
+    (sim, sidecar, journal)
+}
+
+fn script(sim: &SimHandle, steps: &[&str]) {
+    let mut f = sim.sim.faults();
+    f.script = steps.iter().map(|s| s.to_string()).collect();
+    sim.sim.set_faults(f).expect("faults");
+}
+
+/// Stored results with this Build.
+fn stored_with(sim: &SimHandle, build: &str) -> usize {
+    sim.sim
+        .objects(Type::TestCaseResult, "")
+        .iter()
+        .filter(|o| o["Build"] == build)
+        .count()
+}
+
+async fn write(sidecar: &Sidecar, build: &str) -> crate::support::Answer {
+    let body = json!({"TestCaseResult": {"TestCase": "/testcase/1030", "Verdict": "Pass", "Build": build}});
+    send(
+        Method::PUT,
+        &sidecar.url(&format!(
+            "{WS}/testcaseresult/create?key=None&workspace=workspace/200"
+        )),
+        &[ALICE],
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+async fn journal_state(path: &std::path::Path, id: &str) -> Option<State> {
+    let (j, _) = Journal::open(path).expect("journal");
+    j.state_of(id.parse().expect("id")).await.expect("state")
+}
+
+#[tokio::test]
+async fn each_outcome_ends_with_exactly_one_stored_result() {
+    let (sim, sidecar, journal) = stack(SimOptions::default(), |_, _| {}).await;
+    // (script, build, attempts, adopted)
+    let cases: [(&[&str], &str, &str, bool); 6] = [
+        (&[], "ok", "1", false),
+        (&["drop"], "dropped", "2", false),
+        (&["gateway_timeout"], "gw", "1", true),
+        (&["conflict", "conflict"], "conflict", "3", false),
+        (&["reset_before"], "reset-before", "2", false),
+        (&["reset_after"], "reset-after", "1", true),
+    ];
+    for (steps, build, attempts, adopted) in cases {
+        script(&sim, steps);
+        let before = sim.sim.stats().writes_received;
+        let a = write(&sidecar, build).await;
+        assert_eq!(a.status, StatusCode::OK, "{build}: {}", a.text());
+        assert_eq!(
+            a.headers["x-rally-sidecar-confirmed"],
+            "true",
+            "{build}: {}",
+            a.text()
+        );
+        assert_eq!(a.headers["x-rally-sidecar-attempts"], attempts, "{build}");
+        let v = a.json();
+        assert_eq!(v["CreateResult"]["Errors"], json!([]), "{build}");
+        let oid = v["CreateResult"]["Object"]["ObjectID"]
+            .as_i64()
+            .expect("oid");
+        assert_eq!(
+            stored_with(&sim, build),
+            1,
+            "{build}: exactly one stored result"
+        );
+        let stored = sim.sim.objects(Type::TestCaseResult, "");
+        assert!(
+            stored
+                .iter()
+                .any(|o| o["ObjectID"] == oid && o["Build"] == build),
+            "{build}: the answer names the stored result"
+        );
+        if adopted {
+            assert_eq!(
+                sim.sim.stats().writes_received - before,
+                1,
+                "{build}: found by fingerprint, not written again"
+            );
+            assert!(
+                v["CreateResult"]["Warnings"][0]
+                    .as_str()
+                    .is_some_and(|w| w.contains("found by its fingerprint"))
+            );
+        }
+        let id = a.headers["x-rally-sidecar-journal-id"]
+            .to_str()
+            .expect("id")
+            .to_string();
+        assert_eq!(
+            journal_state(&journal, &id).await,
+            Some(State::Confirmed),
+            "{build}"
+        );
+    }
+    let m = get(&format!("http://{}/metrics", sidecar.admin), &[])
+        .await
+        .text();
+    assert!(
+        m.contains("rally_sidecar_duplicates_avoided_total 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rally_sidecar_confirmations_total{outcome=\"confirmed_adopted\"} 2"),
+        "{m}"
+    );
+    sidecar.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn final_refusals_are_relayed_and_giving_up_is_journaled_then_replayed() {
+    let (sim, sidecar, journal) = stack(SimOptions::default(), |_, _| {}).await;
+    // A validation error is relayed unchanged, after one attempt.
+    let body = json!({"TestCaseResult": {"TestCase": "/testcase/1030", "Verdict": "Splendid", "Build": "v"}});
+    let a = send(
+        Method::POST,
+        &sidecar.url(&format!("{WS}/testcaseresult/create")),
+        &[ALICE],
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    assert!(
+        a.json()["CreateResult"]["Errors"][0]
+            .as_str()
+            .expect("e")
+            .starts_with("Validation error: TestCaseResult.Verdict")
+    );
+    assert_eq!(a.headers["x-rally-sidecar-attempts"], "1");
+    let id = a.headers["x-rally-sidecar-journal-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(journal_state(&journal, &id).await, Some(State::Rejected));
+
+    // Rally keeps failing: four attempts, then the client is told, and the journal holds it.
+    script(&sim, &["error"; 4]);
+    let a = write(&sidecar, "given-up").await;
+    assert_eq!(a.headers["x-rally-sidecar-confirmed"], "false");
+    let err = a.json()["CreateResult"]["Errors"][0]
+        .as_str()
+        .expect("e")
+        .to_string();
+    assert!(
+        err.starts_with(
+            "rally-sidecar: result not confirmed after 4 attempts: Rally answered HTTP 500"
+        ),
+        "{err}"
+    );
+    let id: i64 = a.headers["x-rally-sidecar-journal-id"]
+        .to_str()
+        .expect("id")
+        .parse()
+        .expect("id");
+    assert_eq!(
+        journal_state(&journal, &id.to_string()).await,
+        Some(State::Unconfirmed)
+    );
+    assert_eq!(stored_with(&sim, "given-up"), 0);
+
+    // Another write that Rally stored although every answer failed (gateway timeouts only).
+    script(&sim, &["gateway_timeout"]);
+    let mut f = sim.sim.faults();
+    f.gateway_timeout_rate = 1.0;
+    sim.sim.set_faults(f).expect("faults");
+    let b = write(&sidecar, "stored-anyway").await;
+    // The first attempt stored it; the fingerprint check adopts it.
+    assert_eq!(b.headers["x-rally-sidecar-confirmed"], "true");
+    assert_eq!(stored_with(&sim, "stored-anyway"), 1);
+    sim.sim.set_faults(FaultConfig::default()).expect("faults");
+
+    // Replay: the unconfirmed write lands once; a second replay finds nothing to do.
+    let cfg = Arc::new({
+        let mut raw = RawConfig::default();
+        fast(&mut raw);
+        raw.journal.path = Some(journal.clone());
+        Config::validate(
+            &raw,
+            &Overrides {
+                upstream: Some(sim.base_url.clone()),
+                ..Overrides::default()
+            },
+        )
+        .expect("cfg")
+    });
+    let (j, _) = Journal::open(&journal).expect("journal");
+    let rows = j
+        .list(Some(State::Unconfirmed), vec![], 100)
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    let done = rally_sidecar::replay::replay(cfg.clone(), &j, rows, "_sim_alice_key")
+        .await
+        .expect("replay");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].state, State::Confirmed);
+    assert_eq!(stored_with(&sim, "given-up"), 1, "landed exactly once");
+    assert_eq!(j.state_of(id).await.expect("state"), Some(State::Confirmed));
+    let again = j
+        .list(Some(State::Unconfirmed), vec![], 100)
+        .await
+        .expect("rows");
+    assert!(again.is_empty());
+    sidecar.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn replay_adopts_a_write_that_had_landed() {
+    let sim = simulator(SimOptions::default()).await;
+    let journal = temp_dir("replay").join("j.sqlite");
+    let (j, _) = Journal::open(&journal).expect("journal");
+    // The write landed in Rally, but the sidecar never learnt it.
+    let body = json!({"TestCaseResult": {"TestCase": "/testcase/1031", "Build": "landed", "Date": "2026-03-03T03:03:03.000Z", "Verdict": "Pass"}});
+    send(
+        Method::POST,
+        &format!("{}{WS}/testcaseresult/create", sim.base_url),
+        &[ALICE],
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    let id = j
+        .insert(NewWrite {
+            request_id: "r".into(),
+            received_at: "2026-03-03T03:03:03.000Z".into(),
+            credential: "fp".into(),
+            operation: "create".into(),
+            path: format!("{WS}/testcaseresult/create?key=[redacted]"),
+            body: body.to_string(),
+            ..NewWrite::default()
+        })
+        .await
+        .expect("insert");
+    j.settle(
+        id,
+        State::Unconfirmed,
+        1,
+        Some("no answer".into()),
+        None,
+        None,
+    )
+    .await
+    .expect("settle");
+    let mut raw = RawConfig::default();
+    fast(&mut raw);
+    let cfg = Arc::new(
+        Config::validate(
+            &raw,
+            &Overrides {
+                upstream: Some(sim.base_url.clone()),
+                ..Overrides::default()
+            },
+        )
+        .expect("cfg"),
+    );
+    let rows = j
+        .list(Some(State::Unconfirmed), vec![], 10)
+        .await
+        .expect("rows");
+    let done = rally_sidecar::replay::replay(cfg, &j, rows, "_sim_alice_key")
+        .await
+        .expect("replay");
+    assert!(done[0].adopted, "{done:?}");
+    assert_eq!(stored_with(&sim, "landed"), 1, "no duplicate");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn pending_rows_left_by_a_crash_are_reported_and_marked_at_start() {
+    let sim = simulator(SimOptions::default()).await;
+    let journal = temp_dir("crash").join("j.sqlite");
+    {
+        let (j, _) = Journal::open(&journal).expect("journal");
+        for n in 0..3 {
+            j.insert(NewWrite {
+                request_id: format!("r{n}"),
+                received_at: "t".into(),
+                credential: "fp".into(),
+                operation: "create".into(),
+                path: "/p".into(),
+                body: "{}".into(),
+                ..NewWrite::default()
+            })
+            .await
+            .expect("insert");
+        }
+        // Dropped without settling: as if the process had died.
+    }
+    let j2 = journal.clone();
+    let sidecar = Sidecar::start(&sim.base_url, |raw, _| raw.journal.path = Some(j2)).await;
+    let ready = get(&format!("http://{}/readyz", sidecar.admin), &[]).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert!(ready.text().contains("backlog 3"), "{}", ready.text());
+    let (j, _) = Journal::open(&journal).expect("journal");
+    let rows = j.list(None, vec![], 10).await.expect("rows");
+    assert!(
+        rows.iter().all(|r| r.state == State::Unconfirmed),
+        "never dropped, never left pending"
+    );
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("stopped before"))
+    );
+    sidecar.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_held_write_and_journals_it() {
+    let (sim, sidecar, journal) = stack(SimOptions::default(), |raw, _| {
+        raw.top.shutdown_grace = Some("1s".into());
+        raw.confirm.initial_backoff = Some("5s".into());
+        raw.confirm.max_backoff = Some("5s".into());
+    })
+    .await;
+    script(&sim, &["conflict"; 20]);
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let url = sidecar.url(&format!("{WS}/testcaseresult/create"));
+            tokio::spawn(async move {
+                let body = json!({"TestCaseResult": {"TestCase": "/testcase/1032", "Verdict": "Pass", "Build": format!("held-{i}")}});
+                send(Method::POST, &url, &[ALICE], Bytes::from(body.to_string())).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.shutdown.cancel();
+    for t in tasks {
+        let a = t.await.expect("join");
+        assert_eq!(a.headers["x-rally-sidecar-confirmed"], "false");
+        assert!(a.text().contains("shutting down"), "{}", a.text());
+    }
+    let _ = sidecar.task.await;
+    let (j, _) = Journal::open(&journal).expect("journal");
+    let rows = j.list(None, vec![], 10).await.expect("rows");
+    assert_eq!(rows.len(), 5);
+    assert!(
+        rows.iter().all(|r| r.state == State::Unconfirmed),
+        "{rows:?}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_governor_caps_one_credential_as_seen_by_rally() {
+    let sim_opts = SimOptions {
+        max_concurrency_per_user: 100,
+        faults: FaultConfig {
+            latency: Some("40ms".into()),
+            ..FaultConfig::default()
+        },
+        ..SimOptions::default()
+    };
+    let (sim, sidecar, _) = stack(sim_opts, |raw, _| {
+        raw.upstream.max_concurrency_per_credential = Some(5)
+    })
+    .await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let url = sidecar.url(&format!("{WS}/testcaseresult/create"));
+            tokio::spawn(async move {
+                let body = json!({"TestCaseResult": {"TestCase": "/testcase/1033", "Verdict": "Pass", "Build": format!("gov-{i}")}});
+                send(Method::POST, &url, &[ALICE], Bytes::from(body.to_string())).await.headers["x-rally-sidecar-confirmed"].clone()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), "true");
+    }
+    let max = sim
+        .sim
+        .stats()
+        .max_open_per_user
+        .get("alice@example.com")
+        .copied()
+        .unwrap_or(0);
+    assert!(max <= 5, "at most the cap reached Rally at once: {max}");
+    assert!(max >= 2, "but requests did run in parallel: {max}");
+    sidecar.stop().await;
+    sim.stop().await;
+}
+
+/// The bounded fault run: every write either confirmed and stored exactly once, or answered
+/// as not confirmed and journaled. Zero duplicates, zero lost, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_run_accounts_for_every_write() {
+    const WRITES: usize = 500;
+    const CONCURRENCY: usize = 32;
+    let sim_opts = SimOptions {
+        seed: 7,
+        max_concurrency_per_user: 12,
+        faults: FaultConfig {
+            drop_writes: 0.15,
+            conflict_rate: 0.05,
+            error_rate: 0.05,
+            gateway_timeout_rate: 0.02,
+            reset_rate: 0.01,
+            read_lag: Some("200ms".into()),
+            latency: Some("1ms..5ms".into()),
+            script: vec![],
+        },
+        ..SimOptions::default()
+    };
+    let (sim, sidecar, journal) = stack(sim_opts, |raw, _| {
+        raw.confirm.readback_window = Some("1500ms".into())
+    })
+    .await;
+    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = Vec::new();
+    for i in 0..WRITES {
+        let permit = sem.clone().acquire_owned().await.expect("permit");
+        let url = sidecar.url(&format!("{WS}/testcaseresult/create"));
+        tasks.push(tokio::spawn(async move {
+            let _p = permit;
+            let build = format!("fault-run-{i}");
+            let body = json!({"TestCaseResult": {"TestCase": format!("/testcase/{}", 1001 + i % 50), "Verdict": "Pass", "Build": build}});
+            let a = send(Method::POST, &url, &[ALICE], Bytes::from(body.to_string())).await;
+            let confirmed = a.headers.get("x-rally-sidecar-confirmed").map(|v| v == "true");
+            let id = a.headers.get("x-rally-sidecar-journal-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
+            (build, confirmed, id)
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("join"));
+    }
+    let stored: Vec<Value> = sim.sim.objects(Type::TestCaseResult, "");
+    let mut per_build: HashMap<String, usize> = HashMap::new();
+    for o in &stored {
+        if let Some(b) = o["Build"].as_str() {
+            *per_build.entry(b.to_string()).or_default() += 1;
+        }
+    }
+    let (j, _) = Journal::open(&journal).expect("journal");
+    let rows = j.list(None, vec![], 10_000).await.expect("rows");
+    let states: HashMap<i64, State> = rows.iter().map(|r| (r.id, r.state)).collect();
+    let (mut confirmed, mut unconfirmed, mut duplicates, mut lost) = (0, 0, 0, 0);
+    for (build, c, id) in &answers {
+        let n = per_build.get(build).copied().unwrap_or(0);
+        if n > 1 {
+            duplicates += 1;
+        }
+        match (c, id.and_then(|i| states.get(&i))) {
+            (Some(true), Some(State::Confirmed)) if n == 1 => confirmed += 1,
+            (Some(false), Some(State::Unconfirmed)) => unconfirmed += 1,
+            _ => {
+                lost += 1;
+                eprintln!(
+                    "unaccounted: {build} confirmed={c:?} journal={:?} stored={n}",
+                    id.and_then(|i| states.get(&i))
+                );
+            }
+        }
+    }
+    let st = sim.sim.stats();
+    eprintln!(
+        "fault run: {WRITES} writes, {confirmed} confirmed, {unconfirmed} unconfirmed and journaled, {duplicates} duplicates, {lost} lost; \
+         simulator: {} received, {} persisted, {} dropped, {} conflicts, {} errors, {} gateway timeouts, {} resets",
+        st.writes_received,
+        st.persisted,
+        st.dropped,
+        st.conflicts,
+        st.errors,
+        st.gateway_timeouts,
+        st.resets_before_persist + st.resets_after_persist
+    );
+    assert_eq!(duplicates, 0, "zero duplicates");
+    assert_eq!(
+        lost, 0,
+        "zero lost: every write confirmed-and-stored or unconfirmed-and-journaled"
+    );
+    assert_eq!(confirmed + unconfirmed, WRITES);
+    assert!(
+        st.dropped > 0 && st.conflicts > 0 && st.gateway_timeouts > 0,
+        "the faults did happen: {st:?}"
+    );
+    let max = st
+        .max_open_per_user
+        .get("alice@example.com")
+        .copied()
+        .unwrap_or(0);
+    assert!(max <= 12, "the governor held the cap: {max}");
+    sidecar.stop().await;
+    sim.stop().await;
+}
