@@ -35,7 +35,8 @@ COPY config.example.toml /etc/rally-sidecar/config.example.toml
 # In a container the listeners must face the pod/container network, not loopback.
 ENV RALLY_SIDECAR_LISTEN_ADDR=0.0.0.0:8443 \
     RALLY_SIDECAR_ADMIN_LISTEN=0.0.0.0:9464 \
-    RALLY_SIDECAR_LOG_FORMAT=json
+    RALLY_SIDECAR_LOG_FORMAT=json \
+    RALLY_SIDECAR_JOURNAL_PATH=/var/lib/rally-sidecar/journal.sqlite
 VOLUME ["/etc/rally-sidecar", "/var/lib/rally-sidecar"]
 EXPOSE 8443 9464
 USER 10001:10001

@@ -144,19 +144,19 @@ impl Expected {
     /// `None` if `stored` (a read-back TestCaseResult) is the result sent; else what differs.
     pub fn compare(&self, stored: &Map<String, Value>) -> Option<String> {
         let mut diffs = Vec::new();
-        if let Some(tc) = &self.test_case {
-            if ref_id(stored.get("TestCase")).as_ref() != Some(tc) {
-                diffs.push(format!("TestCase is not {tc}"));
-            }
+        if let Some(tc) = &self.test_case
+            && ref_id(stored.get("TestCase")).as_ref() != Some(tc)
+        {
+            diffs.push(format!("TestCase is not {tc}"));
         }
         for (name, want) in [("Build", &self.build), ("Verdict", &self.verdict)] {
-            if let Some(w) = want {
-                if stored.get(name).and_then(Value::as_str) != Some(w.as_str()) {
-                    diffs.push(format!(
-                        "{name} is {:?}, sent {w:?}",
-                        stored.get(name).and_then(Value::as_str).unwrap_or("")
-                    ));
-                }
+            if let Some(w) = want
+                && stored.get(name).and_then(Value::as_str) != Some(w.as_str())
+            {
+                diffs.push(format!(
+                    "{name} is {:?}, sent {w:?}",
+                    stored.get(name).and_then(Value::as_str).unwrap_or("")
+                ));
             }
         }
         if let Some(d) = &self.date {
@@ -169,10 +169,10 @@ impl Expected {
                 diffs.push(format!("Date is {got:?}, sent {d:?}"));
             }
         }
-        if let Some(t) = &self.tester {
-            if ref_id(stored.get("Tester")).as_ref() != Some(t) {
-                diffs.push(format!("Tester is not {t}"));
-            }
+        if let Some(t) = &self.tester
+            && ref_id(stored.get("Tester")).as_ref() != Some(t)
+        {
+            diffs.push(format!("Tester is not {t}"));
         }
         (!diffs.is_empty()).then(|| diffs.join("; "))
     }

@@ -789,14 +789,13 @@ fn json_answer(
     client_origin: Option<&str>,
 ) -> Response<Body> {
     let mut bytes = bytes;
-    if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs) {
-        if let Some(mut rw) =
+    if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs)
+        && let Some(mut rw) =
             crate::proxy::refs::Rewriter::new(&icpt.cfg.upstream.origin_string(), to)
-        {
-            let mut v = rw.push(&bytes).to_vec();
-            v.extend_from_slice(&rw.finish());
-            bytes = Bytes::from(v);
-        }
+    {
+        let mut v = rw.push(&bytes).to_vec();
+        v.extend_from_slice(&rw.finish());
+        bytes = Bytes::from(v);
     }
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = status;

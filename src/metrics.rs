@@ -189,7 +189,7 @@ impl Metrics {
             "Held writes settled, by outcome",
             confirmations.clone(),
         );
-        let attempts = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0].into_iter());
+        let attempts = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]);
         registry.register(
             "confirm_attempts",
             "Attempts per held write",
