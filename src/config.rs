@@ -174,6 +174,7 @@ pub struct RawConfirm {
     pub timeout: Option<String>,
     pub readback_window: Option<String>,
     pub unconfirmed_status: Option<u16>,
+    pub check_rollup: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -374,6 +375,8 @@ pub struct ConfirmConfig {
     pub policy: crate::confirm::Policy,
     /// Status of the "not confirmed" answer.
     pub unconfirmed_status: http::StatusCode,
+    /// Also check the TestCase's LastVerdict/LastBuild after confirming; warn if stale.
+    pub check_rollup: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -959,6 +962,7 @@ fn validate_confirmation(
         enabled: c.enabled.unwrap_or(defaults::CONFIRM_ENABLED),
         policy,
         unconfirmed_status,
+        check_rollup: c.check_rollup.unwrap_or(false),
     };
     let journal = JournalConfig {
         path: raw
@@ -1150,6 +1154,7 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
             "timeout",
             "readback_window",
             "unconfirmed_status",
+            "check_rollup",
         ],
     );
     m.insert("journal", vec!["path", "retention", "max_confirmed"]);

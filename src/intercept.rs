@@ -754,6 +754,60 @@ impl Drop for Unsettled<'_> {
     }
 }
 
+/// `confirm.check_rollup`: does the TestCase's roll-up reflect the confirmed result?
+async fn rollup_warning(
+    icpt: &Interceptor,
+    cred: &Credential,
+    expected: &crate::confirm::Expected,
+    object_id: i64,
+) -> Option<String> {
+    let tc = expected.test_case.as_deref()?;
+    let (_, json) = icpt
+        .lookups
+        .get_json(
+            cred,
+            &format!("testcase/{tc}?fetch=FormattedID,LastVerdict,LastBuild,LastResult"),
+        )
+        .await
+        .ok()?;
+    let t = json.get("TestCase")?;
+    let last = t
+        .get("LastResult")
+        .and_then(envelope::parse_ref)
+        .map(|(_, id)| id);
+    let verdict = t.get("LastVerdict").and_then(Value::as_str).unwrap_or("");
+    let build = t.get("LastBuild").and_then(Value::as_str).unwrap_or("");
+    if last.as_deref() == Some(object_id.to_string().as_str())
+        || (Some(verdict) == expected.verdict.as_deref()
+            && Some(build) == expected.build.as_deref())
+    {
+        return None;
+    }
+    let name = t.get("FormattedID").and_then(Value::as_str).unwrap_or(tc);
+    Some(format!(
+        "rally-sidecar: TestCase {name} does not reflect this result yet (LastVerdict = {verdict:?}, LastBuild = {build:?}); \
+         Rally's roll-ups follow the result with the latest Date"
+    ))
+}
+
+/// Adds a Warning to the first root object of a WSAPI answer.
+fn with_warning(body: &Bytes, warning: &str) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return body.clone();
+    };
+    if let Some(root) = v
+        .as_object_mut()
+        .and_then(|m| m.values_mut().next())
+        .and_then(Value::as_object_mut)
+    {
+        let warnings = root.entry("Warnings").or_insert_with(|| json!([]));
+        if let Some(a) = warnings.as_array_mut() {
+            a.push(json!(warning));
+        }
+    }
+    to_bytes(&v)
+}
+
 /// Rally's answer relayed: its status and end-to-end headers, the body with refs rewritten.
 fn relay_answer(
     icpt: &Interceptor,
@@ -955,6 +1009,34 @@ async fn confirm_write(
         "write settled"
     );
 
+    let rollup = match (&fate, held.op) {
+        (Fate::Confirmed { object_id, .. }, Operation::CreateResult)
+            if icpt.cfg.confirm.check_rollup =>
+        {
+            rollup_warning(icpt, cred, &expected, *object_id).await
+        }
+        _ => None,
+    };
+    let fate = match (fate, rollup) {
+        (
+            Fate::Confirmed {
+                object_id,
+                attempts,
+                adopted,
+                answer: Some(mut a),
+            },
+            Some(w),
+        ) => {
+            a.body = with_warning(&a.body, &w);
+            Fate::Confirmed {
+                object_id,
+                attempts,
+                adopted,
+                answer: Some(a),
+            }
+        }
+        (fate, _) => fate,
+    };
     let mut resp = match fate {
         Fate::Confirmed {
             answer: Some(a), ..

@@ -534,3 +534,46 @@ async fn fault_run_accounts_for_every_write() {
     sidecar.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn check_rollup_warns_when_the_test_case_does_not_reflect_the_result() {
+    let (sim, sidecar, _) = stack(SimOptions::default(), |raw, _| {
+        raw.confirm.check_rollup = Some(true)
+    })
+    .await;
+    // The newest result: reflected, no warning.
+    let a = send(
+        Method::POST,
+        &sidecar.url(&format!("{WS}/testcaseresult/create")),
+        &[ALICE],
+        Bytes::from(json!({"TestCaseResult": {"TestCase": "/testcase/1034", "Verdict": "Fail", "Build": "new", "Date": "2026-06-01T00:00:00.000Z"}}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        a.json()["CreateResult"]["Warnings"],
+        json!([]),
+        "{}",
+        a.text()
+    );
+    // An older result: confirmed, but the roll-up still shows the newer one.
+    let b = send(
+        Method::POST,
+        &sidecar.url(&format!("{WS}/testcaseresult/create")),
+        &[ALICE],
+        Bytes::from(json!({"TestCaseResult": {"TestCase": "/testcase/1034", "Verdict": "Pass", "Build": "old", "Date": "2020-01-01T00:00:00.000Z"}}).to_string()),
+    )
+    .await;
+    assert_eq!(b.headers["x-rally-sidecar-confirmed"], "true");
+    let w = b.json()["CreateResult"]["Warnings"][0]
+        .as_str()
+        .expect("warning")
+        .to_string();
+    assert!(
+        w.contains(
+            "TC34 does not reflect this result yet (LastVerdict = \"Fail\", LastBuild = \"new\")"
+        ),
+        "{w}"
+    );
+    sidecar.stop().await;
+    sim.stop().await;
+}
