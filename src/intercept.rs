@@ -76,6 +76,7 @@ enum Decision {
 /// What one intercepted request brings to every result it carries.
 struct Write<'a> {
     cred: &'a Credential,
+    request_id: &'a str,
     scope: Scope,
     header_build: Option<String>,
     received_at: &'a str,
@@ -356,6 +357,7 @@ pub async fn handle(
     parts.headers.remove(BUILD_HEADER);
     let write = Write {
         cred: &cred,
+        request_id: &request_id,
         scope: query_scope(parts.uri.query()),
         header_build,
         received_at: &received_at,
@@ -573,6 +575,7 @@ async fn batch(
     // Position in the client's batch → Ok(index in the forwarded batch) or Err(refusal).
     let mut slots: Vec<Result<usize, String>> = Vec::new();
     let mut all_filled = Vec::new();
+    let mut held_entries: Vec<(usize, BatchEntry)> = Vec::new();
     for entry in &entries {
         let e = entry.get("Entry").unwrap_or(entry);
         let op = classify::classify_entry(
@@ -621,6 +624,33 @@ async fn batch(
             }
             Some((_, Decision::Refuse { message, .. })) => slots.push(Err(message)),
             Some((root, Decision::Forward { fields, filled, .. })) => {
+                let method = e
+                    .get("Method")
+                    .and_then(Value::as_str)
+                    .unwrap_or("POST")
+                    .to_ascii_uppercase();
+                let raw_path = e.get("Path").and_then(Value::as_str).unwrap_or("");
+                let rel = raw_path.split('?').next().unwrap_or(raw_path);
+                let rel = match rel.find(crate::wsapi::SERVICE_ROOT) {
+                    Some(i) => rel[i + crate::wsapi::SERVICE_ROOT.len()..].to_string(),
+                    None => rel.to_string(),
+                };
+                held_entries.push((
+                    forwarded.len(),
+                    BatchEntry {
+                        op: op.clone(),
+                        root: root.clone(),
+                        fields: fields.clone(),
+                        filled: filled.clone(),
+                        method: http::Method::from_bytes(method.as_bytes())
+                            .unwrap_or(http::Method::POST),
+                        path: format!(
+                            "{}/{}",
+                            crate::wsapi::SERVICE_ROOT,
+                            rel.trim_start_matches('/')
+                        ),
+                    },
+                ));
                 all_filled.extend(filled);
                 let mut new_entry = entry.clone();
                 let target = if new_entry.get("Entry").is_some() {
@@ -637,7 +667,17 @@ async fn batch(
     let refused = slots.iter().any(Result::is_err);
     let mut out = map.clone();
     out.insert("Batch".into(), Value::Array(forwarded.clone()));
-    if !refused {
+    // Result entries to confirm one by one: (index in the forwarded batch, entry).
+    let confirmables: Vec<(usize, BatchEntry)> = if shadow {
+        vec![]
+    } else {
+        held_entries.into_iter().collect()
+    };
+    let journal = icpt
+        .journal
+        .as_ref()
+        .filter(|_| icpt.cfg.confirm.enabled && !confirmables.is_empty());
+    if !refused && journal.is_none() {
         let fwd = if shadow {
             body
         } else {
@@ -651,64 +691,398 @@ async fn batch(
         }
         return Ok((resp, ms));
     }
-    // Some entries were refused: forward the rest (if any) and merge the answers in order.
-    let mut upstream_results: Vec<Value> = Vec::new();
+    // Record the result entries before anything is sent.
+    let mut rows = Vec::new();
+    if let Some(j) = journal {
+        for (_, e) in &confirmables {
+            let expected = crate::confirm::Expected::from_fields(&e.fields);
+            let row = crate::journal::NewWrite {
+                request_id: write.request_id.to_string(),
+                received_at: write.received_at.to_string(),
+                credential: cred.fingerprint().to_string(),
+                operation: e.op.label().to_string(),
+                target: match &e.op {
+                    Operation::UpdateResult { id } => Some(id.clone()),
+                    _ => expected.test_case.clone(),
+                },
+                path: e.path.clone(),
+                body: String::from_utf8_lossy(&to_bytes(
+                    &json!({ e.root.clone(): Value::Object(e.fields.clone()) }),
+                ))
+                .into_owned(),
+                test_case: expected.test_case.clone(),
+                build: expected.build.clone(),
+                verdict: expected.verdict.clone(),
+                filled: Some(enrich::header_value(&e.filled)).filter(|f| !f.is_empty()),
+                decision: Some("allowed".into()),
+            };
+            rows.push(j.insert(row).await.map_err(|err| {
+                ProxyError::Overloaded(format!(
+                    "the journal cannot record the write ({err}); nothing was forwarded"
+                ))
+            })?);
+        }
+    }
+    let template_headers = parts.headers.clone();
+    let query = parts.uri.query().map(str::to_string);
+    let mut upstream_results: Option<Vec<Value>> = None;
+    let mut batch_error: Option<String> = None;
     let mut ms = None;
     let mut status = StatusCode::OK;
     if !forwarded.is_empty() {
         parts.headers.remove(header::ACCEPT_ENCODING);
-        let (resp, t) = proxy
+        match proxy
             .send_buffered(parts, to_bytes(&Value::Object(out)), conn)
-            .await?;
-        ms = t;
-        status = resp.status();
-        let bytes = crate::server::collect_limited(resp.into_body(), 64 * 1024 * 1024)
             .await
-            .map_err(|e| ProxyError::UpstreamBroken(format!("reading the batch answer: {e}")))?;
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        match v
-            .get("BatchResult")
-            .and_then(|b| b.get("Results"))
-            .and_then(Value::as_array)
         {
-            Some(r) => upstream_results = r.clone(),
-            None => {
-                // Not a BatchResult (an error page, a 401): relay it as it is.
-                let mut resp = Response::new(full(bytes));
-                *resp.status_mut() = status;
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return Ok((resp, ms));
+            Ok((resp, t)) => {
+                ms = t;
+                status = resp.status();
+                let bytes = crate::server::collect_limited(resp.into_body(), 64 * 1024 * 1024)
+                    .await
+                    .map_err(|e| {
+                        ProxyError::UpstreamBroken(format!("reading the batch answer: {e}"))
+                    });
+                match bytes {
+                    Ok(bytes) => {
+                        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                        match v
+                            .get("BatchResult")
+                            .and_then(|b| b.get("Results"))
+                            .and_then(Value::as_array)
+                        {
+                            Some(r) => upstream_results = Some(r.clone()),
+                            None if journal.is_none() || !status.is_server_error() => {
+                                // Not a BatchResult (an error page, a 401): relay it as it is.
+                                let mut resp = Response::new(full(bytes));
+                                *resp.status_mut() = status;
+                                resp.headers_mut().insert(
+                                    header::CONTENT_TYPE,
+                                    HeaderValue::from_static("application/json"),
+                                );
+                                for id in &rows {
+                                    if let Some(j) = journal {
+                                        let _ = j
+                                            .settle(
+                                                *id,
+                                                crate::journal::State::Rejected,
+                                                1,
+                                                Some(format!("Rally answered HTTP {status}")),
+                                                None,
+                                                None,
+                                            )
+                                            .await;
+                                    }
+                                }
+                                return Ok((resp, ms));
+                            }
+                            None => batch_error = Some(format!("Rally answered HTTP {status}")),
+                        }
+                    }
+                    Err(e) if journal.is_some() => batch_error = Some(e.to_string()),
+                    Err(e) => return Err(e),
+                }
             }
+            Err(e) if journal.is_some() => {
+                status = StatusCode::OK;
+                batch_error = Some(e.to_string());
+            }
+            Err(e) => return Err(e),
         }
     }
+    // Each result entry to its fate, concurrently.
+    let mut finals: std::collections::HashMap<usize, Value> = std::collections::HashMap::new();
+    if let Some(j) = journal {
+        let fates = futures_util::future::join_all(confirmables.iter().zip(rows.iter()).map(
+            |((i, e), id)| {
+                let first = match (&upstream_results, &batch_error) {
+                    (Some(r), _) => match r.get(*i) {
+                        Some(element) => {
+                            let wrapped = json!({"Entry": element});
+                            let answer = crate::confirm::classify_answer(200, &wrapped, None);
+                            (
+                                answer,
+                                Some(crate::confirm::RawAnswer {
+                                    status: 200,
+                                    headers: http::HeaderMap::new(),
+                                    body: to_bytes(element),
+                                }),
+                            )
+                        }
+                        None => (
+                            crate::confirm::Answer::Ambiguous {
+                                cause: "Rally returned no result for this entry".into(),
+                                retry_after: None,
+                            },
+                            None,
+                        ),
+                    },
+                    (None, Some(err)) => (
+                        crate::confirm::Answer::Ambiguous {
+                            cause: err.clone(),
+                            retry_after: None,
+                        },
+                        None,
+                    ),
+                    (None, None) => (
+                        crate::confirm::Answer::Ambiguous {
+                            cause: "no answer".into(),
+                            retry_after: None,
+                        },
+                        None,
+                    ),
+                };
+                confirm_entry(
+                    proxy,
+                    icpt,
+                    cred,
+                    e,
+                    first,
+                    &template_headers,
+                    query.as_deref(),
+                    *conn,
+                    j,
+                    *id,
+                )
+            },
+        ))
+        .await;
+        for ((i, _), element) in confirmables.iter().zip(fates) {
+            finals.insert(*i, element);
+        }
+    }
+    let upstream = upstream_results.unwrap_or_default();
     let results: Vec<Value> = slots
         .iter()
         .map(|s| match s {
-            Ok(i) => upstream_results.get(*i).cloned().unwrap_or_else(|| json!({"Errors": ["rally-sidecar: Rally returned no result for this entry"], "Warnings": []})),
+            Ok(i) => finals.remove(i).or_else(|| upstream.get(*i).cloned()).unwrap_or_else(|| {
+                json!({"Errors": [format!("rally-sidecar: Rally returned no result for this entry{}", batch_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())], "Warnings": []})
+            }),
             Err(msg) => json!({"Errors": [msg], "Warnings": []}),
         })
         .collect();
     let answer = json!({"BatchResult": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "Errors": [], "Warnings": [], "Results": results}});
-    let mut bytes = to_bytes(&answer);
-    if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs)
-        && let Some(mut rw) =
-            crate::proxy::refs::Rewriter::new(&icpt.cfg.upstream.origin_string(), to)
-    {
-        let mut v = rw.push(&bytes).to_vec();
-        v.extend_from_slice(&rw.finish());
-        bytes = Bytes::from(v);
-    }
-    let mut resp = Response::new(full(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
+    let mut resp = json_answer(icpt, status, to_bytes(&answer), client_origin);
+    decorate(
+        &mut resp,
+        &all_filled,
+        if refused {
+            "partially-refused"
+        } else {
+            "allowed"
+        },
     );
-    decorate(&mut resp, &all_filled, "partially-refused");
     Ok((resp, ms))
+}
+
+/// A TestCaseResult entry of a batch, enriched and allowed.
+struct BatchEntry {
+    op: Operation,
+    root: String,
+    fields: Map<String, Value>,
+    filled: Vec<Filled>,
+    method: http::Method,
+    /// `/slm/webservice/v2.0/...` of the entry, for a single re-send.
+    path: String,
+}
+
+/// The first answer comes from the batch; later attempts are single writes.
+struct EntryWrite<'a> {
+    first: std::sync::Mutex<Option<(crate::confirm::Answer, Option<crate::confirm::RawAnswer>)>>,
+    inner: crate::confirm::rally::RallyWrite<'a>,
+}
+
+#[async_trait::async_trait]
+impl crate::confirm::Upstream for EntryWrite<'_> {
+    async fn submit(&self) -> (crate::confirm::Answer, Option<crate::confirm::RawAnswer>) {
+        let first = self.first.lock().ok().and_then(|mut f| f.take());
+        match first {
+            Some(f) => f,
+            None => self.inner.submit().await,
+        }
+    }
+    async fn read(&self, object_id: i64) -> crate::confirm::ReadBack {
+        self.inner.read(object_id).await
+    }
+    async fn find(&self, query: &str) -> Result<Vec<i64>, String> {
+        self.inner.find(query).await
+    }
+}
+
+/// A BatchResult element from any answer: an element as it is, or a single write's envelope.
+fn element_of(body: &Bytes) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match v.get("CreateResult").or_else(|| v.get("OperationResult")) {
+        Some(root) => {
+            let mut e = serde_json::Map::new();
+            if let Some(o) = root.get("Object") {
+                e.insert("Object".into(), o.clone());
+            }
+            e.insert(
+                "Errors".into(),
+                root.get("Errors").cloned().unwrap_or(json!([])),
+            );
+            e.insert(
+                "Warnings".into(),
+                root.get("Warnings").cloned().unwrap_or(json!([])),
+            );
+            Value::Object(e)
+        }
+        None => v,
+    }
+}
+
+/// Drives one batch entry to its fate and returns its BatchResult element.
+#[allow(clippy::too_many_arguments)]
+async fn confirm_entry(
+    proxy: &Proxy,
+    icpt: &Interceptor,
+    cred: &Credential,
+    e: &BatchEntry,
+    first: (crate::confirm::Answer, Option<crate::confirm::RawAnswer>),
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    conn: ConnInfo,
+    journal: &Journal,
+    id: i64,
+) -> Value {
+    use crate::confirm::{self, Expected, Fate, Kind, rally::RallyWrite};
+    use crate::journal::State;
+    let started = std::time::Instant::now();
+    let mut unsettled = Unsettled {
+        journal,
+        id,
+        open: true,
+    };
+    let expected = Expected::from_fields(&e.fields);
+    let uri = match query {
+        Some(q) => format!("{}{}?{q}", icpt.cfg.upstream.origin_string(), e.path),
+        None => format!("{}{}", icpt.cfg.upstream.origin_string(), e.path),
+    };
+    let mut headers = headers.clone();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let Ok(uri) = uri.parse() else {
+        return json!({"Errors": ["rally-sidecar: this entry's path cannot be re-sent"], "Warnings": []});
+    };
+    let up = EntryWrite {
+        first: std::sync::Mutex::new(Some(first)),
+        inner: RallyWrite {
+            proxy,
+            lookups: &icpt.lookups,
+            cred,
+            method: e.method.clone(),
+            uri,
+            headers,
+            body: to_bytes(&json!({ e.root.clone(): Value::Object(e.fields.clone()) })),
+            conn,
+        },
+    };
+    let kind = if matches!(e.op, Operation::UpdateResult { .. }) {
+        Kind::Update
+    } else {
+        Kind::Create
+    };
+    let give_up = icpt.give_up.clone();
+    let fate = confirm::confirm(
+        &up,
+        kind,
+        false,
+        &expected,
+        &icpt.cfg.confirm.policy,
+        rand::random::<f64>,
+        async move { give_up.cancelled().await },
+    )
+    .await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (state, attempts, cause, object_id, outcome, element) = match fate {
+        Fate::Confirmed {
+            object_id,
+            attempts,
+            adopted,
+            answer,
+        } => {
+            if adopted {
+                icpt.metrics.duplicates_avoided.inc();
+            }
+            let element = match answer {
+                Some(a) => element_of(&a.body),
+                None => {
+                    let r = format!(
+                        "{}{}/testcaseresult/{object_id}",
+                        icpt.cfg.upstream.origin_string(),
+                        crate::wsapi::SERVICE_ROOT
+                    );
+                    json!({"Object": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_ref": r, "_type": "TestCaseResult", "ObjectID": object_id},
+                           "Errors": [], "Warnings": ["rally-sidecar: Rally's answer to this entry was lost; the stored result was found by its fingerprint and read back"]})
+                }
+            };
+            (
+                State::Confirmed,
+                attempts,
+                None,
+                Some(object_id),
+                if adopted {
+                    "confirmed_adopted"
+                } else {
+                    "confirmed"
+                },
+                element,
+            )
+        }
+        Fate::Rejected {
+            attempts,
+            cause,
+            answer,
+        } => {
+            let element = answer
+                .map(|a| element_of(&a.body))
+                .unwrap_or_else(|| json!({"Errors": [cause.clone()], "Warnings": []}));
+            (
+                State::Rejected,
+                attempts,
+                Some(cause),
+                None,
+                "rejected",
+                element,
+            )
+        }
+        Fate::Unconfirmed {
+            attempts,
+            cause,
+            object_id,
+        } => {
+            let msg =
+                format!("rally-sidecar: result not confirmed after {attempts} attempts: {cause}");
+            (
+                State::Unconfirmed,
+                attempts,
+                Some(cause),
+                object_id,
+                "unconfirmed",
+                json!({"Errors": [msg], "Warnings": []}),
+            )
+        }
+    };
+    icpt.metrics
+        .confirmations
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            outcome: outcome.into(),
+        })
+        .inc();
+    icpt.metrics.attempts.observe(attempts as f64);
+    icpt.metrics.confirm_latency.observe(ms / 1000.0);
+    if journal
+        .settle(id, state, attempts, cause, object_id, Some(ms))
+        .await
+        .is_ok()
+    {
+        unsettled.open = false;
+    }
+    element
 }
 
 /// A refusal in the shape the client expects.

@@ -577,3 +577,52 @@ async fn check_rollup_warns_when_the_test_case_does_not_reflect_the_result() {
     sidecar.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn batch_entries_are_confirmed_one_by_one() {
+    let (sim, sidecar, journal) = stack(SimOptions::default(), |_, _| {}).await;
+    // Entry 0 is acknowledged but dropped, entry 1 meets a conflict, entry 2 goes through.
+    script(&sim, &["drop", "conflict"]);
+    let body = json!({"Batch": [
+        {"Entry": {"Path": "/testcaseresult/create", "Method": "PUT", "Body": {"testcaseresult": {"TestCase": "/testcase/1035", "Verdict": "Pass", "Build": "batch-0"}}}},
+        {"Entry": {"Path": "/testcaseresult/create", "Method": "POST", "Body": {"TestCaseResult": {"TestCase": "/testcase/1035", "Verdict": "Fail", "Build": "batch-1"}}}},
+        {"Entry": {"Path": "/testcase/1035?fetch=FormattedID", "Method": "GET"}},
+        {"Entry": {"Path": "/testcaseresult/create", "Method": "POST", "Body": {"TestCaseResult": {"TestCase": "/testcase/1035", "Verdict": "Pass", "Build": "batch-2"}}}}
+    ]});
+    let a = send(
+        Method::POST,
+        &sidecar.url(&format!("{WS}/batch?fetch=Build")),
+        &[ALICE],
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let v = a.json();
+    let results = v["BatchResult"]["Results"]
+        .as_array()
+        .expect("results")
+        .clone();
+    assert_eq!(results.len(), 4, "{v}");
+    for (i, build) in [(0, "batch-0"), (1, "batch-1"), (3, "batch-2")] {
+        assert_eq!(results[i]["Errors"], json!([]), "entry {i}: {v}");
+        let oid = results[i]["Object"]["ObjectID"].as_i64().expect("oid");
+        assert_eq!(stored_with(&sim, build), 1, "{build} stored exactly once");
+        assert!(
+            sim.sim
+                .objects(Type::TestCaseResult, "")
+                .iter()
+                .any(|o| o["ObjectID"] == oid && o["Build"] == build),
+            "entry {i} names its stored result"
+        );
+    }
+    assert_eq!(
+        results[2]["Object"]["FormattedID"], "TC35",
+        "the read entry is Rally's"
+    );
+    let (j, _) = Journal::open(&journal).expect("journal");
+    let rows = j.list(None, vec![], 10).await.expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.state == State::Confirmed), "{rows:?}");
+    sidecar.stop().await;
+    sim.stop().await;
+}
