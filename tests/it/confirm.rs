@@ -626,3 +626,75 @@ async fn batch_entries_are_confirmed_one_by_one() {
     sidecar.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn journal_commands_list_and_replay() {
+    let sim = simulator(SimOptions::default()).await;
+    let path = temp_dir("cli").join("j.sqlite");
+    {
+        let (j, _) = Journal::open(&path).expect("journal");
+        let body = json!({"TestCaseResult": {"TestCase": "/testcase/1036", "Build": "cli", "Date": "2026-05-05T05:05:05.000Z", "Verdict": "Pass"}});
+        let id = j
+            .insert(NewWrite {
+                request_id: "r".into(),
+                received_at: "t".into(),
+                credential: "fp".into(),
+                operation: "create".into(),
+                path: format!("{WS}/testcaseresult/create?key=[redacted]"),
+                body: body.to_string(),
+                build: Some("cli".into()),
+                ..NewWrite::default()
+            })
+            .await
+            .expect("insert");
+        j.settle(
+            id,
+            State::Unconfirmed,
+            4,
+            Some("HTTP 500".into()),
+            None,
+            None,
+        )
+        .await
+        .expect("settle");
+    }
+    let (p, base) = (path.clone(), sim.base_url.clone());
+    let run = move |args: &'static [&'static str], key: Option<&'static str>| {
+        let (p, base) = (p.clone(), base.clone());
+        async move {
+            let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"));
+            c.args(args)
+                .env("RALLY_SIDECAR_JOURNAL_PATH", &p)
+                .env("RALLY_SIDECAR_UPSTREAM_URL", &base)
+                .env_remove("RALLY_API_KEY");
+            if let Some(k) = key {
+                c.env("RALLY_API_KEY", k);
+            }
+            c.output().await.expect("run")
+        }
+    };
+    let list = run(
+        &["journal", "list", "--state", "unconfirmed", "--json"],
+        None,
+    )
+    .await;
+    assert!(list.status.success());
+    let row: Value =
+        serde_json::from_slice(list.stdout.split(|b| *b == b'\n').next().expect("line"))
+            .expect("json");
+    assert_eq!(row["state"], "unconfirmed");
+    assert_eq!(row["build"], "cli");
+    assert_eq!(
+        run(&["journal", "replay"], None).await.status.code(),
+        Some(64),
+        "replay needs RALLY_API_KEY"
+    );
+    let out = run(&["journal", "replay", "--json"], Some("_sim_alice_key")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stored_with(&sim, "cli"), 1, "replayed once");
+    sim.stop().await;
+}
