@@ -50,6 +50,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), S
     let mut raw = RawConfig::default();
     raw.upstream.ca_file = Some(certs.ca_cert.clone());
     raw.journal.path = Some(opts.dir.join("journal.sqlite"));
+    // So results written without a Build show enrichment at work rather than a refusal.
+    raw.context.build = Some(crate::config::Text::Str("demo-build".into()));
+    raw.guard.rule = Some(vec![crate::config::RawRule {
+        field: "c_Lifecycle".into(),
+        values: vec!["Archived".into(), "Deprecated".into()],
+    }]);
     let cfg = Config::validate(&raw, &ov).map_err(|e| e.to_string())?;
     let listeners = crate::Listeners::bind(&cfg)
         .await
@@ -77,9 +83,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), S
 
   credentials: alice _sim_alice_key (Editor), bob _sim_bob_key (Viewer), dave _sim_dave_readonly (read-only key),
                carol@example.com / carol-pass (basic auth, Editor)
-  admin:   http://{admin}/healthz /readyz /metrics
+    writes:  results without Build/Date/Tester get them filled (build context: \"demo-build\"; change it with
+           curl -X PUT http://{admin}/context -d '{{\"build\": \"my-build\"}}'); TC90 is archived (c_Lifecycle)
+           and TC91 is in a closed project: writes to them are refused. Journal: {journal}
+  admin:   http://{admin}/healthz /readyz /metrics /context
   Ctrl-C stops both.",
-        sim_url = sim.base_url,
+                sim_url = sim.base_url,
+        journal = opts.dir.join("journal.sqlite").display(),
     );
     let result = crate::run(cfg, listeners, shutdown)
         .await
