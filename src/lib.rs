@@ -84,6 +84,8 @@ pub struct Shared {
     pub readiness: Arc<Readiness>,
     /// The build context the admin API sets.
     pub context: Arc<intercept::context::BuildContext>,
+    /// What the proxy last saw of the upstream.
+    pub health: Arc<admin::UpstreamHealth>,
 }
 
 impl Default for Shared {
@@ -92,6 +94,7 @@ impl Default for Shared {
             metrics: Arc::new(Metrics::new()),
             readiness: Arc::new(Readiness::default()),
             context: Arc::new(intercept::context::BuildContext::default()),
+            health: Arc::new(admin::UpstreamHealth::default()),
         }
     }
 }
@@ -128,6 +131,7 @@ pub async fn run_with(
         metrics,
         readiness,
         context,
+        health,
     } = shared;
 
     let tls = match &config.listen.tls {
@@ -174,6 +178,7 @@ pub async fn run_with(
             context.clone(),
             journal.clone(),
         )
+        .map(|p| p.with_health(health.clone()))
         .map_err(|e| RunError::Setup(e.to_string()))?,
     );
 
@@ -189,6 +194,8 @@ pub async fn run_with(
         enable_shutdown: config.admin.enable_shutdown,
         shutdown: shutdown.clone(),
         context: context.clone(),
+        journal: journal.clone(),
+        health: health.clone(),
     });
     let mut admin_opts = ServeOptions::plain("admin");
     admin_opts.grace = std::time::Duration::from_secs(1);

@@ -55,6 +55,7 @@ pub struct Proxy {
     interceptor: Option<Interceptor>,
     fingerprints: Arc<Fingerprinter>,
     governor: Arc<Governor>,
+    health: Arc<crate::admin::UpstreamHealth>,
 }
 
 impl Proxy {
@@ -106,7 +107,14 @@ impl Proxy {
             interceptor: Some(interceptor),
             fingerprints,
             governor,
+            health: Arc::new(crate::admin::UpstreamHealth::default()),
         })
+    }
+
+    /// Reports upstream answers and failures to `health` (the status page reads it).
+    pub fn with_health(mut self, health: Arc<crate::admin::UpstreamHealth>) -> Self {
+        self.health = health;
+        self
     }
 
     /// The interception layer's lookups (for replay and sweep).
@@ -295,12 +303,23 @@ impl Proxy {
             .upstream_latency
             .observe(sent.elapsed().as_secs_f64());
         match result {
-            Err(_) => Err(ProxyError::UpstreamTimeout(
-                self.cfg.upstream.response_timeout,
-            )),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
-            Ok(Err(e)) => Err(ProxyError::UpstreamBroken(error_chain(&e))),
+            Err(_) => {
+                let err = ProxyError::UpstreamTimeout(self.cfg.upstream.response_timeout);
+                self.health.failed(&err.to_string());
+                Err(err)
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                let err = ProxyError::UpstreamUnreachable(error_chain(&e));
+                self.health.failed(&err.to_string());
+                Err(err)
+            }
+            Ok(Err(e)) => {
+                let err = ProxyError::UpstreamBroken(error_chain(&e));
+                self.health.failed(&err.to_string());
+                Err(err)
+            }
             Ok(Ok(resp)) => {
+                self.health.ok();
                 // The slot is held until the answer's body has been relayed.
                 let resp = resp.map(|b| {
                     b.map_err(crate::server::box_hyper)

@@ -7,6 +7,7 @@ mod confirm;
 mod e2e;
 mod edges;
 mod intercept;
+mod ops;
 mod process;
 mod sim_api;
 mod support;
