@@ -49,13 +49,16 @@ impl Readiness {
     }
 }
 
+/// (last answer, last failure with its cause).
+type Seen = (
+    Option<std::time::SystemTime>,
+    Option<(std::time::SystemTime, String)>,
+);
+
 /// What the sidecar last saw of the upstream, for the status page.
 #[derive(Default)]
 pub struct UpstreamHealth {
-    state: Mutex<(
-        Option<std::time::SystemTime>,
-        Option<(std::time::SystemTime, String)>,
-    )>,
+    state: Mutex<Seen>,
 }
 
 impl UpstreamHealth {
