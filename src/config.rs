@@ -179,6 +179,13 @@ pub struct RawConfirm {
 
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
+pub struct RawScope {
+    pub workspace: Option<String>,
+    pub projects: Option<List>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct RawJournal {
     pub path: Option<PathBuf>,
     pub retention: Option<String>,
@@ -216,6 +223,7 @@ pub struct RawConfig {
     pub guard: RawGuard,
     pub confirm: RawConfirm,
     pub journal: RawJournal,
+    pub scope: RawScope,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.
@@ -229,6 +237,7 @@ const SECTIONS: &[&str] = &[
     "guard",
     "confirm",
     "journal",
+    "scope",
 ];
 
 /// Values given on the command line; they win over the environment and the file.
@@ -379,6 +388,13 @@ pub struct ConfirmConfig {
     pub check_rollup: bool,
 }
 
+/// The Rally workspace and projects `check` and `sweep` work in (names, refs or ObjectIDs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeConfig {
+    pub workspace: Option<String>,
+    pub projects: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     pub path: PathBuf,
@@ -400,6 +416,7 @@ pub struct Config {
     pub guard: GuardConfig,
     pub confirm: ConfirmConfig,
     pub journal: JournalConfig,
+    pub scope: ScopeConfig,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,
@@ -489,6 +506,7 @@ impl RawConfig {
                     "guard" => decode(section).map(|v| raw.guard = v),
                     "confirm" => decode(section).map(|v| raw.confirm = v),
                     "journal" => decode(section).map(|v| raw.journal = v),
+                    "scope" => decode(section).map(|v| raw.scope = v),
                     _ => Ok(()),
                 };
                 if let Err(e) = res {
@@ -891,6 +909,15 @@ impl Config {
                 guard,
                 confirm,
                 journal,
+                scope: ScopeConfig {
+                    workspace: raw.scope.workspace.clone().filter(|w| !w.trim().is_empty()),
+                    projects: raw
+                        .scope
+                        .projects
+                        .clone()
+                        .map(List::into_vec)
+                        .unwrap_or_default(),
+                },
             })
         } else {
             Err(ConfigErrors(errors))
@@ -1158,6 +1185,7 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
         ],
     );
     m.insert("journal", vec!["path", "retention", "max_confirmed"]);
+    m.insert("scope", vec!["workspace", "projects"]);
     m.insert("log", vec!["format", "level"]);
     m.insert(
         "intercept",

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod cert;
+pub mod check;
 pub mod config;
 pub mod confirm;
 pub mod credential;

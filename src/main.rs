@@ -60,6 +60,22 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Can this credential (RALLY_API_KEY, or RALLY_USERNAME/RALLY_PASSWORD) write TestCaseResults?
+    /// Exit codes: 0 yes everywhere, 1 not in some project, 2 unreachable, 3 credential refused,
+    /// 4 read-only key, 5 workspace not found, 64 usage.
+    Check {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Workspace (name, ref or ObjectID) [default: scope.workspace, else the user's default].
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Project (name, ref or ObjectID); repeat for several [default: scope.projects].
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and replay the journal of intercepted writes.
     Journal {
         #[command(subcommand)]
@@ -173,6 +189,12 @@ fn main() -> ExitCode {
         }
         Some(Command::Simulate(args)) => simulate(args),
         Some(Command::Journal { action }) => journal(action),
+        Some(Command::Check {
+            serve,
+            workspace,
+            projects,
+            json,
+        }) => check(serve, workspace, projects, json),
         Some(Command::Demo {
             listen,
             admin_listen,
@@ -495,4 +517,34 @@ fn journal(action: JournalCommand) -> ExitCode {
             }
         }
     })
+}
+
+fn check(
+    serve: ServeArgs,
+    workspace: Option<String>,
+    projects: Vec<String>,
+    json: bool,
+) -> ExitCode {
+    let cfg = match load_config(&serve) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(cred) = rally_sidecar::check::Credential::from_env() else {
+        eprintln!("rally-sidecar check: set RALLY_API_KEY, or RALLY_USERNAME and RALLY_PASSWORD");
+        return ExitCode::from(EX_USAGE);
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let report = rt.block_on(rally_sidecar::check::run(&cfg, cred, workspace, projects));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", rally_sidecar::check::render(&report));
+    }
+    ExitCode::from(report.exit_code)
 }

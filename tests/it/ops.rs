@@ -86,3 +86,112 @@ async fn the_status_page_shows_a_write_just_made() {
     sidecar.stop().await;
     sim.stop().await;
 }
+
+async fn check(
+    upstream: &str,
+    env: &[(&str, &str)],
+    projects: &[&str],
+) -> (Option<i32>, serde_json::Value) {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"));
+    c.args([
+        "check",
+        "--json",
+        "--upstream",
+        upstream,
+        "--workspace",
+        "Sim Workspace",
+    ])
+    .env_remove("RALLY_API_KEY")
+    .env_remove("RALLY_USERNAME")
+    .env_remove("RALLY_PASSWORD");
+    for p in projects {
+        c.args(["--project", p]);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().await.expect("run check");
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn check_says_who_can_write_where() {
+    let sim = simulator(SimOptions::default()).await;
+    let u = sim.base_url.clone();
+    let (code, r) = check(&u, &[("RALLY_API_KEY", "_sim_alice_key")], &["Sim Project"]).await;
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["user"], "alice@example.com");
+    assert_eq!(r["projects"][0]["role"], "Editor");
+    assert_eq!(r["projects"][0]["can_write"], true);
+
+    let (code, r) = check(
+        &u,
+        &[("RALLY_API_KEY", "_sim_alice_key")],
+        &["Sim Project", "Closed Project"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(r["projects"][1]["state"], "Closed");
+    assert_eq!(r["projects"][1]["can_write"], false);
+    assert!(
+        r["projects"][1]["why"]
+            .as_str()
+            .expect("why")
+            .contains("Closed")
+    );
+
+    let (code, r) = check(&u, &[("RALLY_API_KEY", "_sim_bob_key")], &["Sim Project"]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(r["projects"][0]["role"], "Viewer");
+    assert!(
+        r["projects"][0]["why"]
+            .as_str()
+            .expect("why")
+            .contains("Viewer")
+    );
+
+    let (code, r) = check(
+        &u,
+        &[("RALLY_API_KEY", "_sim_dave_readonly")],
+        &["Sim Project"],
+    )
+    .await;
+    assert_eq!(code, Some(4), "{r}");
+    assert!(
+        r["problem"]
+            .as_str()
+            .expect("problem")
+            .contains("read-only")
+    );
+
+    let (code, _) = check(
+        &u,
+        &[
+            ("RALLY_USERNAME", "carol@example.com"),
+            ("RALLY_PASSWORD", "carol-pass"),
+        ],
+        &["Sim Project"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "basic auth works too");
+    let (code, _) = check(&u, &[("RALLY_API_KEY", "_wrong")], &["Sim Project"]).await;
+    assert_eq!(code, Some(3));
+    let (code, _) = check(&u, &[], &["Sim Project"]).await;
+    assert_eq!(code, Some(64), "no credential");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let (code, r) = check(
+        &dead,
+        &[("RALLY_API_KEY", "_sim_alice_key")],
+        &["Sim Project"],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{r}");
+    sim.stop().await;
+}
