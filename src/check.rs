@@ -170,7 +170,7 @@ fn oid_of(v: &Value) -> Option<i64> {
 }
 
 /// A workspace/project given by name, ref or ObjectID: the query path to find it.
-fn lookup_path(kind: &str, given: &str, workspace: Option<i64>) -> String {
+pub fn lookup_path(kind: &str, given: &str, workspace: Option<i64>) -> String {
     let scope = workspace
         .map(|w| format!("&workspace=/workspace/{w}"))
         .unwrap_or_default();

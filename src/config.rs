@@ -179,6 +179,16 @@ pub struct RawConfirm {
 
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
+pub struct RawSweep {
+    pub stuck_verdicts: Option<List>,
+    pub older_than: Option<String>,
+    pub set_verdict: Option<String>,
+    pub apply: Option<bool>,
+    pub interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct RawScope {
     pub workspace: Option<String>,
     pub projects: Option<List>,
@@ -224,6 +234,7 @@ pub struct RawConfig {
     pub confirm: RawConfirm,
     pub journal: RawJournal,
     pub scope: RawScope,
+    pub sweep: RawSweep,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.
@@ -238,6 +249,7 @@ const SECTIONS: &[&str] = &[
     "confirm",
     "journal",
     "scope",
+    "sweep",
 ];
 
 /// Values given on the command line; they win over the environment and the file.
@@ -417,6 +429,7 @@ pub struct Config {
     pub confirm: ConfirmConfig,
     pub journal: JournalConfig,
     pub scope: ScopeConfig,
+    pub sweep: crate::sweep::SweepConfig,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,
@@ -507,6 +520,7 @@ impl RawConfig {
                     "confirm" => decode(section).map(|v| raw.confirm = v),
                     "journal" => decode(section).map(|v| raw.journal = v),
                     "scope" => decode(section).map(|v| raw.scope = v),
+                    "sweep" => decode(section).map(|v| raw.sweep = v),
                     _ => Ok(()),
                 };
                 if let Err(e) = res {
@@ -895,6 +909,27 @@ impl Config {
 
         let (intercept, context, guard) = validate_interception(raw, e);
         let (confirm, journal) = validate_confirmation(raw, e);
+        let sweep = crate::sweep::SweepConfig {
+            stuck_verdicts: raw
+                .sweep
+                .stuck_verdicts
+                .clone()
+                .map(List::into_vec)
+                .unwrap_or_default(),
+            older_than: duration("sweep.older_than", raw.sweep.older_than.as_deref(), "2h", e),
+            set_verdict: raw
+                .sweep
+                .set_verdict
+                .clone()
+                .unwrap_or_else(|| "Blocked".into()),
+            apply: raw.sweep.apply.unwrap_or(false),
+            interval: raw
+                .sweep
+                .interval
+                .as_deref()
+                .filter(|i| !i.is_empty() && *i != "off")
+                .map(|i| duration("sweep.interval", Some(i), "1h", e)),
+        };
 
         if errors.is_empty() {
             Ok(Config {
@@ -918,6 +953,7 @@ impl Config {
                         .map(List::into_vec)
                         .unwrap_or_default(),
                 },
+                sweep,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -1186,6 +1222,16 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
     );
     m.insert("journal", vec!["path", "retention", "max_confirmed"]);
     m.insert("scope", vec!["workspace", "projects"]);
+    m.insert(
+        "sweep",
+        vec![
+            "stuck_verdicts",
+            "older_than",
+            "set_verdict",
+            "apply",
+            "interval",
+        ],
+    );
     m.insert("log", vec!["format", "level"]);
     m.insert(
         "intercept",

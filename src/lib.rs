@@ -28,6 +28,7 @@ pub mod redact;
 pub mod replay;
 pub mod server;
 pub mod sim;
+pub mod sweep;
 pub mod tls;
 pub mod wsapi;
 
@@ -253,6 +254,14 @@ pub async fn run_with(
             t.cancel();
         }
     });
+    let sweeper = config.sweep.interval.map(|every| {
+        tokio::spawn(sweep_loop(
+            config.clone(),
+            journal.clone(),
+            every,
+            shutdown.clone(),
+        ))
+    });
     let housekeeping = journal.clone().map(|j| {
         tokio::spawn(housekeeping(
             j,
@@ -273,6 +282,9 @@ pub async fn run_with(
     drain_flag.abort();
     if let Some(h) = housekeeping {
         h.abort();
+    }
+    if let Some(s) = sweeper {
+        s.abort();
     }
     if cut > 0 {
         tracing::warn!(
@@ -338,6 +350,49 @@ async fn housekeeping(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+/// `sweep.interval`: the sweep inside `serve` (mini-redis's periodic-task shape).
+async fn sweep_loop(
+    config: Arc<Config>,
+    journal: Option<journal::Journal>,
+    every: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let Some(key) = std::env::var("RALLY_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+    else {
+        tracing::error!(
+            "sweep.interval is set but RALLY_API_KEY is not: the periodic sweep is off"
+        );
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match sweep::run(
+            config.clone(),
+            journal.as_ref(),
+            &key,
+            config.sweep.apply,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        {
+            Ok(r) => tracing::info!(
+                stuck = r.actions.len(),
+                applied = r.outcomes.iter().filter(|(_, o)| o == "applied").count(),
+                dry_run = r.dry_run,
+                journal_reconfirmed = r.journal_reconfirmed.len(),
+                journal_unresolved = r.journal_unresolved.len(),
+                "sweep done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
     }
 }

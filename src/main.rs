@@ -76,6 +76,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set stuck results (Verdict in sweep.stuck_verdicts, older than sweep.older_than) to
+    /// sweep.set_verdict, with a Notes line. Dry-run unless --apply or sweep.apply = true.
+    /// Uses RALLY_API_KEY.
+    Sweep {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Run once and exit (the only mode of this command; for a Kubernetes CronJob).
+        #[arg(long)]
+        once: bool,
+        /// Change what the plan says.
+        #[arg(long, conflicts_with = "dry_run")]
+        apply: bool,
+        /// Only print the plan (the default unless sweep.apply = true).
+        #[arg(long)]
+        dry_run: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and replay the journal of intercepted writes.
     Journal {
         #[command(subcommand)]
@@ -189,6 +208,13 @@ fn main() -> ExitCode {
         }
         Some(Command::Simulate(args)) => simulate(args),
         Some(Command::Journal { action }) => journal(action),
+        Some(Command::Sweep {
+            serve,
+            once: _,
+            apply,
+            dry_run,
+            json,
+        }) => sweep(serve, apply, dry_run, json),
         Some(Command::Check {
             serve,
             workspace,
@@ -547,4 +573,60 @@ fn check(
         print!("{}", rally_sidecar::check::render(&report));
     }
     ExitCode::from(report.exit_code)
+}
+
+fn sweep(serve: ServeArgs, apply: bool, dry_run: bool, json: bool) -> ExitCode {
+    let cfg = match load_config(&serve) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(key) = std::env::var("RALLY_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+    else {
+        eprintln!(
+            "rally-sidecar sweep: set RALLY_API_KEY to a full-access API key that may edit the results"
+        );
+        return ExitCode::from(EX_USAGE);
+    };
+    let apply = (apply || cfg.sweep.apply) && !dry_run;
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let journal = rally_sidecar::journal::Journal::open(&cfg.journal.path)
+            .ok()
+            .map(|(j, _)| j);
+        let cfg = std::sync::Arc::new(cfg);
+        match rally_sidecar::sweep::run(
+            cfg,
+            journal.as_ref(),
+            &key,
+            apply,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        {
+            Ok(report) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", rally_sidecar::sweep::render(&report));
+                }
+                if report.outcomes.iter().any(|(_, o)| o.starts_with("failed")) {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("rally-sidecar sweep: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

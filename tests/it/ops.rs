@@ -195,3 +195,173 @@ async fn check_says_who_can_write_where() {
     assert_eq!(code, Some(2), "{r}");
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn sweep_dry_run_apply_idempotency_and_journal() {
+    use rally_sidecar::journal::{Journal, NewWrite, State};
+    use rally_sidecar::sim::model::{FixtureResult, Fixtures, Type};
+    let mut f = Fixtures::default();
+    f.verdicts.push("In Progress".into());
+    let r = |tc: i64, build: &str, date: &str, verdict: &str| FixtureResult {
+        test_case: tc,
+        build: build.into(),
+        date: date.into(),
+        verdict: verdict.into(),
+        tester: None,
+        notes: None,
+    };
+    f.test_case_results.extend([
+        r(1001, "stuck-1", "2020-01-01T00:00:00.000Z", "In Progress"),
+        r(1002, "stuck-2", "2021-06-01T00:00:00.000Z", "In Progress"),
+        r(1003, "recent", "2099-01-01T00:00:00.000Z", "In Progress"),
+        r(1004, "done", "2020-01-01T00:00:00.000Z", "Pass"),
+        r(1091, "closed", "2020-01-01T00:00:00.000Z", "In Progress"),
+        r(1005, "landed-j", "2020-02-02T00:00:00.000Z", "Pass"),
+    ]);
+    let sim = simulator(SimOptions {
+        fixtures: f,
+        ..SimOptions::default()
+    })
+    .await;
+    let dir = crate::support::temp_dir("sweep");
+    let journal_path = dir.join("j.sqlite");
+    let (j, _) = Journal::open(&journal_path).expect("journal");
+    // An unconfirmed write that did land, and one that did not.
+    for (build, verdict) in [("landed-j", "Pass"), ("never-landed", "Pass")] {
+        let body = json!({"TestCaseResult": {"TestCase": "/testcase/1005", "Build": build, "Date": "2020-02-02T00:00:00.000Z", "Verdict": verdict}});
+        let id = j
+            .insert(NewWrite {
+                request_id: "r".into(),
+                received_at: "2020-02-02T00:00:00.000Z".into(),
+                credential: "fp".into(),
+                operation: "create".into(),
+                path: "/p".into(),
+                body: body.to_string(),
+                ..NewWrite::default()
+            })
+            .await
+            .expect("insert");
+        j.settle(
+            id,
+            State::Unconfirmed,
+            1,
+            Some("HTTP 502".into()),
+            None,
+            None,
+        )
+        .await
+        .expect("settle");
+    }
+    let mut raw = rally_sidecar::config::RawConfig::default();
+    raw.sweep.stuck_verdicts = Some(rally_sidecar::config::List::Items(vec![
+        "In Progress".into(),
+    ]));
+    raw.sweep.older_than = Some("1h".into());
+    raw.scope.workspace = Some("Sim Workspace".into());
+    raw.scope.projects = Some(rally_sidecar::config::List::Items(vec![
+        "Sim Project".into(),
+    ]));
+    raw.journal.path = Some(journal_path.clone());
+    let ov = rally_sidecar::config::Overrides {
+        upstream: Some(sim.base_url.clone()),
+        ..Default::default()
+    };
+    let cfg = std::sync::Arc::new(rally_sidecar::config::Config::validate(&raw, &ov).expect("cfg"));
+    let verdict_of = |build: &str| {
+        sim.sim
+            .objects(Type::TestCaseResult, "")
+            .into_iter()
+            .find(|o| o["Build"] == build)
+            .map(|o| (o["Verdict"].clone(), o["Notes"].clone()))
+            .expect("stored")
+    };
+
+    let now = time::OffsetDateTime::now_utc();
+    let dry = rally_sidecar::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", false, now)
+        .await
+        .expect("dry run");
+    let planned: Vec<_> = dry
+        .actions
+        .iter()
+        .map(|a| a.build.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        planned,
+        vec!["stuck-1", "stuck-2"],
+        "old and stuck, in the scope's project only"
+    );
+    assert!(dry.outcomes.is_empty());
+    assert_eq!(
+        verdict_of("stuck-1").0,
+        "In Progress",
+        "a dry run changes nothing"
+    );
+    assert_eq!(
+        dry.journal_reconfirmed.len(),
+        1,
+        "the write that landed is re-confirmed first"
+    );
+    assert_eq!(dry.journal_unresolved.len(), 1);
+
+    let applied = rally_sidecar::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", true, now)
+        .await
+        .expect("apply");
+    assert_eq!(
+        applied
+            .outcomes
+            .iter()
+            .filter(|(_, o)| o == "applied")
+            .count(),
+        2,
+        "{:?}",
+        applied.outcomes
+    );
+    let (v, notes) = verdict_of("stuck-1");
+    assert_eq!(v, "Blocked");
+    let notes = notes.as_str().expect("notes").to_string();
+    assert!(
+        notes.starts_with("[rally-sidecar sweep ")
+            && notes
+                .contains("Verdict In Progress -> Blocked: still In Progress after more than 1h"),
+        "{notes}"
+    );
+    assert_eq!(verdict_of("recent").0, "In Progress");
+    assert_eq!(verdict_of("done").0, "Pass");
+
+    let again = rally_sidecar::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", true, now)
+        .await
+        .expect("again");
+    assert!(
+        again.actions.is_empty() && again.outcomes.is_empty(),
+        "two runs, one change"
+    );
+    assert_eq!(
+        verdict_of("stuck-1")
+            .1
+            .as_str()
+            .map(|n| n.matches("rally-sidecar sweep").count()),
+        Some(1),
+        "one audit line"
+    );
+
+    // The CLI: dry-run by default, JSON plan.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"))
+        .args(["sweep", "--once", "--json", "--upstream", &sim.base_url])
+        .env("RALLY_API_KEY", "_sim_alice_key")
+        .env("RALLY_SIDECAR_SWEEP_STUCK_VERDICTS", "Pass")
+        .env("RALLY_SIDECAR_SWEEP_OLDER_THAN", "1h")
+        .env("RALLY_SIDECAR_JOURNAL_PATH", dir.join("cli.sqlite"))
+        .output()
+        .await
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["dry_run"], true);
+    assert!(report["actions"].as_array().is_some_and(|a| a.len() >= 2));
+    assert_eq!(verdict_of("done").0, "Pass", "still nothing changed");
+    sim.stop().await;
+}
