@@ -365,3 +365,104 @@ async fn sweep_dry_run_apply_idempotency_and_journal() {
     assert_eq!(verdict_of("done").0, "Pass", "still nothing changed");
     sim.stop().await;
 }
+
+/// The validator, installed pinned from PyPI into .e2e/ (it bundles the Kubernetes schemas).
+const K8S_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn k8s_validator() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".e2e");
+    std::fs::create_dir_all(&dir).expect(".e2e");
+    let lock = std::fs::File::create(dir.join(".k8s-lock")).expect("lock");
+    lock.lock().expect("lock");
+    let target = dir.join("k8s");
+    let marker = target.join(".installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(K8S_VALIDATE) {
+        let _ = std::fs::remove_dir_all(&target);
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--target",
+            ])
+            .arg(&target)
+            .arg(K8S_VALIDATE)
+            .output()
+            .expect("pip");
+        assert!(
+            out.status.success(),
+            "pip install {K8S_VALIDATE}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&marker, K8S_VALIDATE).expect("marker");
+    }
+    target
+}
+
+#[tokio::test]
+async fn kubernetes_manifests_validate_against_the_schemas() {
+    let lib = tokio::task::spawn_blocking(k8s_validator)
+        .await
+        .expect("install");
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let manifests: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("deploy/kubernetes"))
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 6);
+    let validate = |files: Vec<std::path::PathBuf>| {
+        let lib = lib.clone();
+        async move {
+            tokio::process::Command::new("python3")
+                .args(["-m", "kubernetes_validate", "--strict"])
+                .args(&files)
+                .env("PYTHONPATH", &lib)
+                .output()
+                .await
+                .expect("validate")
+        }
+    };
+    let out = validate(manifests).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The validator has teeth: a misspelt field fails strict validation.
+    let broken = crate::support::temp_dir("k8s").join("broken.yaml");
+    let text = std::fs::read_to_string(root.join("deploy/kubernetes/deployment.yaml"))
+        .expect("read")
+        .replace("readinessProbe:", "readinesProbe:");
+    std::fs::write(&broken, text).expect("write");
+    assert!(
+        !validate(vec![broken]).await.status.success(),
+        "a misspelt field must fail"
+    );
+
+    // Structure, and the ConfigMap's config parsed by the sidecar itself.
+    let toml_out = crate::support::temp_dir("k8s").join("config.toml");
+    let out = tokio::process::Command::new("python3")
+        .arg(root.join("tests/e2e/k8s_check.py"))
+        .arg(root.join("deploy/kubernetes"))
+        .arg(&toml_out)
+        .env("PYTHONPATH", &lib)
+        .output()
+        .await
+        .expect("check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let raw = rally_sidecar::config::RawConfig::from_toml(
+        &std::fs::read_to_string(&toml_out).expect("toml"),
+    )
+    .expect("the ConfigMap's config parses");
+    assert!(raw.listen.tls_cert.is_some());
+    assert_eq!(raw.admin.listen.as_deref(), Some("0.0.0.0:9464"));
+}
