@@ -466,3 +466,76 @@ async fn kubernetes_manifests_validate_against_the_schemas() {
     assert!(raw.listen.tls_cert.is_some());
     assert_eq!(raw.admin.listen.as_deref(), Some("0.0.0.0:9464"));
 }
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/grafana-dashboard.json"
+    ))
+    .expect("dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    // Label families appear in the exposition once they have a sample: give each one.
+    use rally_sidecar::metrics::*;
+    let m = Metrics::new();
+    m.record_request(&http::Method::GET, StatusCode::OK);
+    m.bytes
+        .get_or_create(&DirectionLabels {
+            direction: Direction::Response,
+        })
+        .inc();
+    m.proxy_errors
+        .get_or_create(&ErrorLabels { kind: "x".into() })
+        .inc();
+    m.intercepted
+        .get_or_create(&OpLabels {
+            operation: "create".into(),
+        })
+        .inc();
+    m.filled
+        .get_or_create(&FillLabels {
+            field: "Build".into(),
+            source: "header".into(),
+        })
+        .inc();
+    m.blocked
+        .get_or_create(&ReasonLabels { reason: "x".into() })
+        .inc();
+    m.shadow
+        .get_or_create(&ShadowLabels {
+            decision: "x".into(),
+        })
+        .inc();
+    m.confirmations
+        .get_or_create(&OutcomeLabels {
+            outcome: "confirmed".into(),
+        })
+        .inc();
+    let exposed = m.encode();
+    let families: Vec<&str> = exposed
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut seen = 0;
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("rally_sidecar_"))
+            {
+                let base = ["_bucket", "_sum", "_count", "_total"]
+                    .iter()
+                    .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+                assert!(
+                    families.contains(&base),
+                    "{name} (in {:?}) is not a metric the sidecar exports: {families:?}",
+                    panel["title"]
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 15, "the dashboard covers the metrics: {seen}");
+}
