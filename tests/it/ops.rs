@@ -539,3 +539,54 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     }
     assert!(seen >= 15, "the dashboard covers the metrics: {seen}");
 }
+
+#[tokio::test]
+async fn the_periodic_sweep_runs_inside_serve() {
+    use rally_sidecar::sim::model::{FixtureResult, Fixtures, Type};
+    let mut f = Fixtures::default();
+    f.verdicts.push("In Progress".into());
+    f.test_case_results.push(FixtureResult {
+        test_case: 1006,
+        build: "periodic".into(),
+        date: "2020-01-01T00:00:00.000Z".into(),
+        verdict: "In Progress".into(),
+        tester: None,
+        notes: None,
+    });
+    let sim = simulator(SimOptions {
+        fixtures: f,
+        ..SimOptions::default()
+    })
+    .await;
+    let proc = crate::process::SidecarProcess::spawn(
+        &sim.base_url,
+        &[
+            ("RALLY_API_KEY", "_sim_alice_key"),
+            ("RALLY_SIDECAR_SWEEP_STUCK_VERDICTS", "In Progress"),
+            ("RALLY_SIDECAR_SWEEP_INTERVAL", "200ms"),
+            ("RALLY_SIDECAR_SWEEP_APPLY", "true"),
+        ],
+    )
+    .await;
+    let swept = || {
+        sim.sim
+            .objects(Type::TestCaseResult, "")
+            .into_iter()
+            .any(|o| o["Build"] == "periodic" && o["Verdict"] == "Blocked")
+    };
+    // Bounded wait: the first sweep runs one interval after start.
+    for _ in 0..100 {
+        if swept() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        swept(),
+        "the periodic sweep changed the stuck result; logs:\n{}",
+        proc.log_text()
+    );
+    assert!(proc.log_text().contains("sweep done"));
+    proc.stop().await;
+    sim.stop().await;
+}
