@@ -199,11 +199,23 @@ pub async fn serve(
                     }
                 }
                 None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .into_owned();
-                    let fut: BoxFuture<Result<(), BoxError>> = Box::pin(watcher.watch(conn));
-                    let _ = fut.await;
+                    // A client that sends nothing at all would wait in hyper-util's
+                    // HTTP/1-vs-2 detection, before any header timer runs: the header timeout
+                    // applies to the first byte too.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            let conn = builder
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .into_owned();
+                            let fut: BoxFuture<Result<(), BoxError>> =
+                                Box::pin(watcher.watch(conn));
+                            let _ = fut.await;
+                        }
+                        _ => {
+                            tracing::debug!(listener = name, peer = %peer, "closed: nothing received in time")
+                        }
+                    }
                 }
             }
             observer.closed();

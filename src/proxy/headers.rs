@@ -44,6 +44,10 @@ pub fn request_headers(
 ) {
     strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
+    // Message framing is never copied: hyper frames the forwarded body from what was actually
+    // read (an exact length, or chunked). A client sending both Content-Length and
+    // Transfer-Encoding (a smuggling attempt) cannot make the upstream read a different body.
+    headers.remove(header::CONTENT_LENGTH);
     let original_host = headers.get(header::HOST).cloned();
     headers.insert(header::HOST, upstream_authority.clone());
     if let Some((peer, proto)) = forwarded {

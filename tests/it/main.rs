@@ -6,6 +6,7 @@ mod captures;
 mod confirm;
 mod e2e;
 mod edges;
+mod hostile;
 mod intercept;
 mod ops;
 mod process;
