@@ -105,7 +105,6 @@ async fn smuggling_floods_and_bad_targets_are_refused() {
     })
     .await;
     let addr = sidecar.addr;
-    let before = sim.sim.stats().requests;
 
     // Conflicting Content-Length and Transfer-Encoding: refused, nothing smuggled through.
     let smuggle = b"POST /slm/webservice/v2.0/testcase/1001 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /slm/webservice/v2.0/user HTTP/1.1\r\nHost: x\r\n\r\n";
