@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let expr = parse(&q).unwrap_or_else(|err| panic!("built an unparsable query {q:?}: {err}"));
     let mut c = Vec::new();
     assert!(conds(&expr, &mut c), "only AND: {q}");
-    let names: Vec<&str> = c.iter().map(|(p, _, _)| p.join(".")).map(|s| Box::leak(s.into_boxed_str()) as &str).collect();
+    let names: Vec<String> = c.iter().map(|(p, _, _)| p.join(".")).collect();
     assert_eq!(names, ["TestCase", "Build", "Date", "Verdict"], "{q}");
     let want = [format!("/testcase/{}", e.test_case.clone().unwrap_or_default()), e.build.clone().unwrap_or_default(), e.date.clone().unwrap_or_default(), e.verdict.clone().unwrap_or_default()];
     for ((_, op, value), w) in c.iter().zip(want.iter()) {
