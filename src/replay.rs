@@ -41,6 +41,53 @@ fn without_key(path: &str) -> String {
     }
 }
 
+/// The sidecar's machinery used from a command (`journal replay`, `sweep`) rather than for a
+/// client: a proxy for the configured upstream, and an API key as the credential.
+pub struct Standalone {
+    pub proxy: Proxy,
+    /// `ZSESSIONID` and `Content-Type` for every request the command makes.
+    pub headers: HeaderMap,
+    pub cred: crate::credential::Credential,
+    pub conn: ConnInfo,
+}
+
+impl Standalone {
+    pub fn new(cfg: Arc<Config>, api_key: &str) -> Result<Standalone, String> {
+        let (client, _) =
+            crate::proxy::upstream::build(&cfg.upstream).map_err(|e| e.to_string())?;
+        let proxy = Proxy::new(
+            cfg,
+            client,
+            Arc::new(crate::metrics::Metrics::new()),
+            Arc::new(crate::intercept::context::BuildContext::default()),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "zsessionid",
+            HeaderValue::from_str(api_key)
+                .map_err(|_| "RALLY_API_KEY is not a valid header value")?,
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let cred = Fingerprinter::new().of(&headers).ok_or("no credential")?;
+        let conn = ConnInfo {
+            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
+        };
+        Ok(Standalone {
+            proxy,
+            headers,
+            cred,
+            conn,
+        })
+    }
+}
+
 /// Replays `rows` (only unconfirmed ones are touched).
 pub async fn replay(
     cfg: Arc<Config>,
@@ -48,31 +95,13 @@ pub async fn replay(
     rows: Vec<Row>,
     api_key: &str,
 ) -> Result<Vec<Replayed>, String> {
-    let (client, _) = crate::proxy::upstream::build(&cfg.upstream).map_err(|e| e.to_string())?;
-    let proxy = Proxy::new(
-        cfg.clone(),
-        client,
-        Arc::new(crate::metrics::Metrics::new()),
-        Arc::new(crate::intercept::context::BuildContext::default()),
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let Standalone {
+        proxy,
+        headers,
+        cred,
+        conn,
+    } = Standalone::new(cfg.clone(), api_key)?;
     let lookups = proxy.lookups().ok_or("no lookups")?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "zsessionid",
-        HeaderValue::from_str(api_key).map_err(|_| "RALLY_API_KEY is not a valid header value")?,
-    );
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let cred = Fingerprinter::new().of(&headers).ok_or("no credential")?;
-    let conn = ConnInfo {
-        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: false,
-    };
     let mut out = Vec::new();
     for row in rows.into_iter().filter(|r| r.state == State::Unconfirmed) {
         let body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);

@@ -252,35 +252,14 @@ pub async fn run(
     now: OffsetDateTime,
 ) -> Result<SweepReport, String> {
     use crate::confirm::{self, Expected, rally::RallyWrite};
-    use http::{HeaderMap, HeaderValue};
     let sweep = &cfg.sweep;
-    let (client, _) = crate::proxy::upstream::build(&cfg.upstream).map_err(|e| e.to_string())?;
-    let proxy = crate::proxy::Proxy::new(
-        cfg.clone(),
-        client,
-        std::sync::Arc::new(crate::metrics::Metrics::new()),
-        std::sync::Arc::new(crate::intercept::context::BuildContext::default()),
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let crate::replay::Standalone {
+        proxy,
+        headers,
+        cred,
+        conn,
+    } = crate::replay::Standalone::new(cfg.clone(), api_key)?;
     let lookups = proxy.lookups().ok_or("no lookups")?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "zsessionid",
-        HeaderValue::from_str(api_key).map_err(|_| "RALLY_API_KEY is not a valid header value")?,
-    );
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let cred = crate::credential::Fingerprinter::new()
-        .of(&headers)
-        .ok_or("no credential")?;
-    let conn = crate::server::ConnInfo {
-        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: false,
-    };
     let cutoff = now - sweep.older_than;
 
     // 1. Journal rows unconfirmed for too long: look for them in Rally first.
