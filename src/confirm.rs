@@ -270,6 +270,17 @@ pub enum Fate {
     },
 }
 
+impl Fate {
+    /// Attempts made, whatever the fate.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Fate::Confirmed { attempts, .. }
+            | Fate::Rejected { attempts, .. }
+            | Fate::Unconfirmed { attempts, .. } => *attempts,
+        }
+    }
+}
+
 /// A create may be looked for by fingerprint and written again; an update is only retried
 /// and read back (re-applying the same change is harmless), never looked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -947,7 +947,6 @@ async fn confirm_entry(
     id: i64,
 ) -> Value {
     use crate::confirm::{self, Expected, Fate, Kind, rally::RallyWrite};
-    use crate::journal::State;
     let started = std::time::Instant::now();
     let mut unsettled = Unsettled {
         journal,
@@ -998,75 +997,70 @@ async fn confirm_entry(
     )
     .await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (state, attempts, cause, object_id, outcome, element) = match fate {
+    record_fate(icpt, &mut unsettled, &fate, ms).await;
+    match fate {
         Fate::Confirmed {
-            object_id,
-            attempts,
-            adopted,
-            answer,
+            answer: Some(a), ..
+        } => element_of(&a.body),
+        Fate::Confirmed { object_id, .. } => {
+            let r = format!(
+                "{}{}/testcaseresult/{object_id}",
+                icpt.cfg.upstream.origin_string(),
+                crate::wsapi::SERVICE_ROOT
+            );
+            json!({"Object": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_ref": r, "_type": "TestCaseResult", "ObjectID": object_id},
+                   "Errors": [], "Warnings": ["rally-sidecar: Rally's answer to this entry was lost; the stored result was found by its fingerprint and read back"]})
+        }
+        Fate::Rejected {
+            answer: Some(a), ..
+        } => element_of(&a.body),
+        Fate::Rejected { cause, .. } => json!({"Errors": [cause], "Warnings": []}),
+        Fate::Unconfirmed {
+            attempts, cause, ..
         } => {
-            if adopted {
+            json!({"Errors": [format!("rally-sidecar: result not confirmed after {attempts} attempts: {cause}")], "Warnings": []})
+        }
+    }
+}
+
+/// Counts a fate in the metrics, settles its journal row and logs it; returns its state.
+async fn record_fate(
+    icpt: &Interceptor,
+    unsettled: &mut Unsettled<'_>,
+    fate: &crate::confirm::Fate,
+    ms: f64,
+) -> crate::journal::State {
+    use crate::confirm::Fate;
+    use crate::journal::State;
+    let (state, cause, object_id, outcome) = match fate {
+        Fate::Confirmed {
+            object_id, adopted, ..
+        } => {
+            if *adopted {
                 icpt.metrics.duplicates_avoided.inc();
             }
-            let element = match answer {
-                Some(a) => element_of(&a.body),
-                None => {
-                    let r = format!(
-                        "{}{}/testcaseresult/{object_id}",
-                        icpt.cfg.upstream.origin_string(),
-                        crate::wsapi::SERVICE_ROOT
-                    );
-                    json!({"Object": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_ref": r, "_type": "TestCaseResult", "ObjectID": object_id},
-                           "Errors": [], "Warnings": ["rally-sidecar: Rally's answer to this entry was lost; the stored result was found by its fingerprint and read back"]})
-                }
-            };
             (
                 State::Confirmed,
-                attempts,
                 None,
-                Some(object_id),
-                if adopted {
+                Some(*object_id),
+                if *adopted {
                     "confirmed_adopted"
                 } else {
                     "confirmed"
                 },
-                element,
             )
         }
-        Fate::Rejected {
-            attempts,
-            cause,
-            answer,
-        } => {
-            let element = answer
-                .map(|a| element_of(&a.body))
-                .unwrap_or_else(|| json!({"Errors": [cause.clone()], "Warnings": []}));
-            (
-                State::Rejected,
-                attempts,
-                Some(cause),
-                None,
-                "rejected",
-                element,
-            )
-        }
+        Fate::Rejected { cause, .. } => (State::Rejected, Some(cause.clone()), None, "rejected"),
         Fate::Unconfirmed {
-            attempts,
-            cause,
-            object_id,
-        } => {
-            let msg =
-                format!("rally-sidecar: result not confirmed after {attempts} attempts: {cause}");
-            (
-                State::Unconfirmed,
-                attempts,
-                Some(cause),
-                object_id,
-                "unconfirmed",
-                json!({"Errors": [msg], "Warnings": []}),
-            )
-        }
+            cause, object_id, ..
+        } => (
+            State::Unconfirmed,
+            Some(cause.clone()),
+            *object_id,
+            "unconfirmed",
+        ),
     };
+    let attempts = fate.attempts();
     icpt.metrics
         .confirmations
         .get_or_create(&crate::metrics::OutcomeLabels {
@@ -1075,14 +1069,27 @@ async fn confirm_entry(
         .inc();
     icpt.metrics.attempts.observe(attempts as f64);
     icpt.metrics.confirm_latency.observe(ms / 1000.0);
-    if journal
-        .settle(id, state, attempts, cause, object_id, Some(ms))
+    let id = unsettled.id;
+    match unsettled
+        .journal
+        .settle(id, state, attempts, cause.clone(), object_id, Some(ms))
         .await
-        .is_ok()
     {
-        unsettled.open = false;
+        Ok(()) => unsettled.open = false,
+        Err(e) => {
+            tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal")
+        }
     }
-    element
+    tracing::info!(
+        journal_id = id,
+        outcome,
+        attempts,
+        object_id,
+        latency_ms = ms,
+        cause = cause.as_deref().unwrap_or(""),
+        "write settled"
+    );
+    state
 }
 
 /// A refusal in the shape the client expects.
@@ -1313,75 +1320,8 @@ async fn confirm_write(
     )
     .await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let m = &icpt.metrics;
-    let (state, attempts, cause, object_id, outcome) = match &fate {
-        Fate::Confirmed {
-            object_id,
-            attempts,
-            adopted,
-            ..
-        } => {
-            if *adopted {
-                m.duplicates_avoided.inc();
-            }
-            (
-                State::Confirmed,
-                *attempts,
-                None,
-                Some(*object_id),
-                if *adopted {
-                    "confirmed_adopted"
-                } else {
-                    "confirmed"
-                },
-            )
-        }
-        Fate::Rejected {
-            attempts, cause, ..
-        } => (
-            State::Rejected,
-            *attempts,
-            Some(cause.clone()),
-            None,
-            "rejected",
-        ),
-        Fate::Unconfirmed {
-            attempts,
-            cause,
-            object_id,
-        } => (
-            State::Unconfirmed,
-            *attempts,
-            Some(cause.clone()),
-            *object_id,
-            "unconfirmed",
-        ),
-    };
-    m.confirmations
-        .get_or_create(&crate::metrics::OutcomeLabels {
-            outcome: outcome.into(),
-        })
-        .inc();
-    m.attempts.observe(attempts as f64);
-    m.confirm_latency.observe(ms / 1000.0);
-    if let Err(e) = held
-        .journal
-        .settle(id, state, attempts, cause.clone(), object_id, Some(ms))
-        .await
-    {
-        tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal");
-    } else {
-        unsettled.open = false;
-    }
-    tracing::info!(
-        journal_id = id,
-        outcome,
-        attempts,
-        object_id,
-        latency_ms = ms,
-        cause = cause.as_deref().unwrap_or(""),
-        "write settled"
-    );
+    let state = record_fate(icpt, &mut unsettled, &fate, ms).await;
+    let attempts = fate.attempts();
 
     let rollup = match (&fate, held.op) {
         (Fate::Confirmed { object_id, .. }, Operation::CreateResult)
