@@ -215,6 +215,33 @@ impl Interceptor {
         }
     }
 
+    /// Drives one held write to its fate (confirm.rs), answering at once when shutdown's
+    /// deadline nears.
+    async fn drive<U: crate::confirm::Upstream>(
+        &self,
+        up: &U,
+        op: &Operation,
+        expected: &crate::confirm::Expected,
+    ) -> crate::confirm::Fate {
+        use crate::confirm::Kind;
+        let kind = if matches!(op, Operation::UpdateResult { .. }) {
+            Kind::Update
+        } else {
+            Kind::Create
+        };
+        let give_up = self.give_up.clone();
+        crate::confirm::confirm(
+            up,
+            kind,
+            false,
+            expected,
+            &self.cfg.confirm.policy,
+            rand::random::<f64>,
+            async move { give_up.cancelled().await },
+        )
+        .await
+    }
+
     fn count(&self, op: &Operation, decision: &Decision) {
         use crate::metrics::{FillLabels, OpLabels, ReasonLabels, ShadowLabels};
         self.metrics
@@ -946,7 +973,7 @@ async fn confirm_entry(
     journal: &Journal,
     id: i64,
 ) -> Value {
-    use crate::confirm::{self, Expected, Fate, Kind, rally::RallyWrite};
+    use crate::confirm::{Expected, Fate, rally::RallyWrite};
     let started = std::time::Instant::now();
     let mut unsettled = Unsettled {
         journal,
@@ -980,22 +1007,7 @@ async fn confirm_entry(
             conn,
         },
     };
-    let kind = if matches!(e.op, Operation::UpdateResult { .. }) {
-        Kind::Update
-    } else {
-        Kind::Create
-    };
-    let give_up = icpt.give_up.clone();
-    let fate = confirm::confirm(
-        &up,
-        kind,
-        false,
-        &expected,
-        &icpt.cfg.confirm.policy,
-        rand::random::<f64>,
-        async move { give_up.cancelled().await },
-    )
-    .await;
+    let fate = icpt.drive(&up, &e.op, &expected).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     record_fate(icpt, &mut unsettled, &fate, ms).await;
     match fate {
@@ -1253,7 +1265,7 @@ async fn confirm_write(
     client_origin: Option<&str>,
     conn: ConnInfo,
 ) -> Result<(Response<Body>, Option<f64>), ProxyError> {
-    use crate::confirm::{self, Expected, Fate, Kind, rally::RallyWrite};
+    use crate::confirm::{Expected, Fate, rally::RallyWrite};
     use crate::journal::{NewWrite, State};
     let started = std::time::Instant::now();
     let expected = Expected::from_fields(held.fields);
@@ -1303,22 +1315,7 @@ async fn confirm_write(
         body,
         conn,
     };
-    let kind = if matches!(held.op, Operation::UpdateResult { .. }) {
-        Kind::Update
-    } else {
-        Kind::Create
-    };
-    let give_up = icpt.give_up.clone();
-    let fate = confirm::confirm(
-        &up,
-        kind,
-        false,
-        &expected,
-        &icpt.cfg.confirm.policy,
-        rand::random::<f64>,
-        async move { give_up.cancelled().await },
-    )
-    .await;
+    let fate = icpt.drive(&up, held.op, &expected).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let state = record_fate(icpt, &mut unsettled, &fate, ms).await;
     let attempts = fate.attempts();
