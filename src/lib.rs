@@ -28,6 +28,7 @@ pub mod redact;
 pub mod replay;
 pub mod server;
 pub mod sim;
+pub mod soak;
 pub mod sweep;
 pub mod tls;
 pub mod wsapi;
@@ -271,6 +272,12 @@ pub async fn run_with(
             shutdown.clone(),
         ))
     });
+    let watcher = tokio::spawn(watch_upstream(
+        proxy_handle.clone(),
+        health.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let cut = server::serve(
         listeners.proxy,
         opts,
@@ -280,6 +287,7 @@ pub async fn run_with(
     )
     .await;
     drain_flag.abort();
+    watcher.abort();
     if let Some(h) = housekeeping {
         h.abort();
     }
@@ -325,6 +333,38 @@ pub fn cancel_on_signals(token: CancellationToken) {
 }
 
 /// Every 30 s: prune confirmed journal rows and publish the backlog (metric and /readyz note).
+/// Keeps the `upstream` line of `/readyz` current: failed while no connection to the upstream
+/// can be made (requests that fail to connect mark it), probed every second until it answers.
+async fn watch_upstream(
+    proxy: Arc<Proxy>,
+    health: Arc<admin::UpstreamHealth>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_ready = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if health.unreachable_since().is_some() {
+            proxy.probe().await;
+        }
+        let (ready, detail) = health.readiness();
+        if ready != was_ready {
+            if ready {
+                tracing::info!("upstream reachable again");
+            } else {
+                tracing::warn!(%detail, "upstream unreachable; /readyz fails until it answers");
+            }
+            was_ready = ready;
+        }
+        readiness.set("upstream", ready, detail);
+    }
+}
+
 async fn housekeeping(
     journal: journal::Journal,
     cfg: config::JournalConfig,

@@ -175,7 +175,7 @@ struct SimulateArgs {
     /// Probability of dropping the connection, before or after storing.
     #[arg(long, default_value_t = 0.0)]
     reset_rate: f64,
-    /// New results become readable only after this long, e.g. "2s".
+    /// New results become readable only after this long: "2s", or a range drawn per write, "0s..2s".
     #[arg(long)]
     read_lag: Option<String>,
     /// Concurrent requests per user before queueing.

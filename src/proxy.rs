@@ -117,6 +117,38 @@ impl Proxy {
         self
     }
 
+    /// One unauthenticated request to the upstream while it is unreachable: any answer (Rally
+    /// says 401) marks it reachable again; another connect failure keeps it down.
+    pub async fn probe(&self) {
+        let uri = format!(
+            "{}/slm/webservice/v2.0/security/authorize",
+            self.upstream_origin
+        );
+        let Ok(req) = Request::get(uri)
+            .header(header::HOST, self.upstream_authority.clone())
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(crate::server::box_never)
+                    .boxed_unsync(),
+            )
+        else {
+            return;
+        };
+        match tokio::time::timeout(
+            self.cfg.upstream.connect_timeout * 2,
+            self.client.request(req),
+        )
+        .await
+        {
+            Ok(Ok(_)) => self.health.ok(),
+            Ok(Err(e)) if e.is_connect() => self
+                .health
+                .unreachable(&ProxyError::UpstreamUnreachable(error_chain(&e)).to_string()),
+            // Connected but no answer in time: not down, not proven up.
+            _ => {}
+        }
+    }
+
     /// The interception layer's lookups (for replay and sweep).
     pub fn lookups(&self) -> Option<&Lookups> {
         self.interceptor.as_ref().map(|i| &i.lookups)
@@ -310,7 +342,7 @@ impl Proxy {
             }
             Ok(Err(e)) if e.is_connect() => {
                 let err = ProxyError::UpstreamUnreachable(error_chain(&e));
-                self.health.failed(&err.to_string());
+                self.health.unreachable(&err.to_string());
                 Err(err)
             }
             Ok(Err(e)) => {

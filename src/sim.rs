@@ -127,6 +127,16 @@ pub fn start(
     tls: Option<Arc<rustls::ServerConfig>>,
     opts: SimOptions,
 ) -> std::io::Result<SimHandle> {
+    start_shared(listener, tls, Arc::new(Simulator::new(opts)))
+}
+
+/// Serves an existing simulator on `listener`: a simulator stopped with [`SimHandle::stop`] can
+/// be started again with everything it stored (the outage run does this).
+pub fn start_shared(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    sim: Arc<Simulator>,
+) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let host = if tls.is_some() {
@@ -134,7 +144,6 @@ pub fn start(
     } else {
         addr.ip().to_string()
     };
-    let sim = Arc::new(Simulator::new(opts));
     let shutdown = CancellationToken::new();
     let mut serve_opts = ServeOptions::plain("simulator");
     serve_opts.tls = tls;
@@ -642,7 +651,7 @@ impl Simulator {
             params,
             now: time::OffsetDateTime::now_utc(),
             instant: tokio::time::Instant::now(),
-            read_lag: st.faults.read_lag(),
+            read_lag: st.dice.read_lag(&st.faults),
         };
         let ok = |d: ops::Done| Reply::Json(StatusCode::OK, d.body);
         match r {

@@ -26,7 +26,8 @@ pub struct FaultConfig {
     pub gateway_timeout_rate: f64,
     /// Probability of dropping the connection without an answer, before or after storing.
     pub reset_rate: f64,
-    /// New TestCaseResults become readable only after this long, e.g. "2s".
+    /// New TestCaseResults become readable only after this long: "2s", or a range drawn per
+    /// write, "0s..2s".
     pub read_lag: Option<String>,
     /// Forced outcomes for the next TestCaseResult writes, consumed one per write before any
     /// random fault: "none", "drop", "conflict", "error", "gateway_timeout", "reset_before",
@@ -97,18 +98,12 @@ impl FaultConfig {
             parse_latency(l)?;
         }
         if let Some(l) = &self.read_lag {
-            humantime::parse_duration(l).map_err(|e| format!("read_lag {l:?}: {e}"))?;
+            parse_latency(l).map_err(|e| format!("read_lag {e}"))?;
         }
         for s in &self.script {
             scripted(s).ok_or_else(|| format!("script entry {s:?} is not one of none, drop, conflict, error, gateway_timeout, reset_before, reset_after"))?;
         }
         Ok(())
-    }
-
-    pub fn read_lag(&self) -> Option<Duration> {
-        self.read_lag
-            .as_deref()
-            .and_then(|l| humantime::parse_duration(l).ok())
     }
 }
 
@@ -133,14 +128,22 @@ impl Dice {
     }
 
     pub fn latency(&mut self, cfg: &FaultConfig) -> Duration {
-        let Some((lo, hi)) = cfg.latency.as_deref().and_then(|l| parse_latency(l).ok()) else {
-            return Duration::ZERO;
-        };
+        self.draw(cfg.latency.as_deref()).unwrap_or(Duration::ZERO)
+    }
+
+    /// How long a new result stays unreadable, if read lag is on.
+    pub fn read_lag(&mut self, cfg: &FaultConfig) -> Option<Duration> {
+        self.draw(cfg.read_lag.as_deref())
+    }
+
+    /// A duration from "50ms" (no draw) or uniformly from "10ms..200ms".
+    fn draw(&mut self, spec: Option<&str>) -> Option<Duration> {
+        let (lo, hi) = parse_latency(spec?).ok()?;
         if hi <= lo {
-            return lo;
+            return Some(lo);
         }
         let span = (hi - lo).as_micros() as u64;
-        lo + Duration::from_micros(self.rng.random_range(0..=span))
+        Some(lo + Duration::from_micros(self.rng.random_range(0..=span)))
     }
 
     /// Decides the fate of one TestCaseResult write request.

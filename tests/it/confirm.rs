@@ -1,8 +1,7 @@
 //! Confirmation against the simulator: each outcome with a scripted fault, replay, crash
 //! recovery, shutdown with held writes, the governor's cap (asserted from the simulator's
-//! side), and a bounded fault run that accounts for every write.
+//! side), the reduced soak and the outage run, which account for every write.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,8 @@ use rally_sidecar::sim::faults::FaultConfig;
 use rally_sidecar::sim::model::Type;
 use rally_sidecar::sim::{SimHandle, SimOptions};
 use serde_json::{Value, json};
+
+use rally_sidecar::soak::{self, Outage, SoakOptions};
 
 use crate::support::{Sidecar, get, send, simulator, temp_dir};
 
@@ -431,108 +432,89 @@ async fn the_governor_caps_one_credential_as_seen_by_rally() {
     sim.stop().await;
 }
 
-/// The bounded fault run: every write either confirmed and stored exactly once, or answered
-/// as not confirmed and journaled. Zero duplicates, zero lost, counted.
+/// The reduced soak of docs/reliability.md: 1,000 writes at concurrency 64 with issue 7's
+/// fault profile (`cargo run --release --example soak` runs the full 10,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_run_accounts_for_every_write() {
-    const WRITES: usize = 500;
-    const CONCURRENCY: usize = 32;
-    let sim_opts = SimOptions {
-        seed: 7,
-        max_concurrency_per_user: 12,
-        faults: FaultConfig {
-            drop_writes: 0.15,
-            conflict_rate: 0.05,
-            error_rate: 0.05,
-            gateway_timeout_rate: 0.02,
-            reset_rate: 0.01,
-            read_lag: Some("200ms".into()),
-            latency: Some("1ms..5ms".into()),
-            script: vec![],
-        },
-        ..SimOptions::default()
-    };
-    let (sim, sidecar, journal) = stack(sim_opts, |raw, _| {
-        raw.confirm.readback_window = Some("1500ms".into())
-    })
-    .await;
-    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let mut tasks = Vec::new();
-    for i in 0..WRITES {
-        let permit = sem.clone().acquire_owned().await.expect("permit");
-        let url = sidecar.url(&format!("{WS}/testcaseresult/create"));
-        tasks.push(tokio::spawn(async move {
-            let _p = permit;
-            let build = format!("fault-run-{i}");
-            let body = json!({"TestCaseResult": {"TestCase": format!("/testcase/{}", 1001 + i % 50), "Verdict": "Pass", "Build": build}});
-            let a = send(Method::POST, &url, &[ALICE], Bytes::from(body.to_string())).await;
-            let confirmed = a.headers.get("x-rally-sidecar-confirmed").map(|v| v == "true");
-            let id = a.headers.get("x-rally-sidecar-journal-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i64>().ok());
-            (build, confirmed, id)
-        }));
-    }
-    let mut answers = Vec::new();
-    for t in tasks {
-        answers.push(t.await.expect("join"));
-    }
-    let stored: Vec<Value> = sim.sim.objects(Type::TestCaseResult, "");
-    let mut per_build: HashMap<String, usize> = HashMap::new();
-    for o in &stored {
-        if let Some(b) = o["Build"].as_str() {
-            *per_build.entry(b.to_string()).or_default() += 1;
-        }
-    }
-    let (j, _) = Journal::open(&journal).expect("journal");
-    let rows = j.list(None, vec![], 10_000).await.expect("rows");
-    let states: HashMap<i64, State> = rows.iter().map(|r| (r.id, r.state)).collect();
-    let (mut confirmed, mut unconfirmed, mut duplicates, mut lost) = (0, 0, 0, 0);
-    for (build, c, id) in &answers {
-        let n = per_build.get(build).copied().unwrap_or(0);
-        if n > 1 {
-            duplicates += 1;
-        }
-        match (c, id.and_then(|i| states.get(&i))) {
-            (Some(true), Some(State::Confirmed)) if n == 1 => confirmed += 1,
-            (Some(false), Some(State::Unconfirmed)) => unconfirmed += 1,
-            _ => {
-                lost += 1;
-                eprintln!(
-                    "unaccounted: {build} confirmed={c:?} journal={:?} stored={n}",
-                    id.and_then(|i| states.get(&i))
-                );
-            }
-        }
-    }
-    let st = sim.sim.stats();
-    eprintln!(
-        "fault run: {WRITES} writes, {confirmed} confirmed, {unconfirmed} unconfirmed and journaled, {duplicates} duplicates, {lost} lost; \
-         simulator: {} received, {} persisted, {} dropped, {} conflicts, {} errors, {} gateway timeouts, {} resets",
-        st.writes_received,
-        st.persisted,
-        st.dropped,
-        st.conflicts,
-        st.errors,
-        st.gateway_timeouts,
-        st.resets_before_persist + st.resets_after_persist
-    );
-    assert_eq!(duplicates, 0, "zero duplicates");
-    assert_eq!(
-        lost, 0,
-        "zero lost: every write confirmed-and-stored or unconfirmed-and-journaled"
-    );
-    assert_eq!(confirmed + unconfirmed, WRITES);
+async fn reduced_soak_accounts_for_every_write_and_replay_lands_each_once() {
+    let mut opts = SoakOptions::new(1000, &temp_dir("soak"));
+    opts.readback_window = "3s".into();
+    let r = soak::run(opts).await.expect("the soak ran");
+    eprintln!("{}", soak::summary(&r));
+    let t = &r.tally;
+    assert_eq!(t.duplicates, 0, "zero duplicates");
+    assert_eq!(t.lost, 0, "zero lost: {:?}", t.lost_examples);
+    assert_eq!(t.confirmed + t.unconfirmed_journaled, 1000);
+    assert!(t.confirmed > 900, "most writes are confirmed at once: {t:?}");
+    let s = &r.simulator;
     assert!(
-        st.dropped > 0 && st.conflicts > 0 && st.gateway_timeouts > 0,
-        "the faults did happen: {st:?}"
+        s.dropped > 50 && s.conflicts > 0 && s.errors > 0 && s.gateway_timeouts > 0,
+        "the faults did happen: {s:?}"
     );
-    let max = st
-        .max_open_per_user
-        .get("alice@example.com")
-        .copied()
-        .unwrap_or(0);
-    assert!(max <= 12, "the governor held the cap: {max}");
-    sidecar.stop().await;
-    sim.stop().await;
+    assert!(s.resets_before_persist + s.resets_after_persist > 0, "{s:?}");
+    assert!(
+        r.max_open_at_upstream <= 12,
+        "the governor held the cap: {}",
+        r.max_open_at_upstream
+    );
+    let f = r.after_replay.expect("replayed");
+    assert_eq!(
+        (f.stored_once, f.duplicates, f.missing),
+        (1000, 0, 0),
+        "after replay every write is stored exactly once: {f:?}"
+    );
+}
+
+/// The outage run, shortened: the simulator stops for 3 s in the middle of 300 writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_keeps_the_sidecar_up_fails_readyz_and_replay_lands_everything_once() {
+    let mut opts = SoakOptions::new(300, &temp_dir("outage"));
+    opts.concurrency = 16;
+    opts.faults = FaultConfig {
+        latency: Some("2ms..10ms".into()),
+        ..FaultConfig::default()
+    };
+    opts.outage = Some(Outage {
+        after: 100,
+        length: Duration::from_secs(3),
+    });
+    let r = soak::run(opts).await.expect("the outage run ran");
+    eprintln!("{}", soak::summary(&r));
+    let (down, up) = r.outage.expect("the simulator was stopped");
+    let t = &r.tally;
+    assert_eq!((t.duplicates, t.lost), (0, 0), "{:?}", t.lost_examples);
+    assert!(t.unconfirmed_journaled > 0, "some writes met the outage: {t:?}");
+    assert!(
+        !t.statuses.contains_key(&0),
+        "every write got an HTTP answer (the sidecar stayed up): {:?}",
+        t.statuses
+    );
+    assert!(
+        t.errors.keys().any(|e| e.contains("reach")),
+        "clients were told why: {:?}",
+        t.errors
+    );
+    let fail = r
+        .readyz
+        .iter()
+        .find(|c| !c.ready)
+        .expect("/readyz failed during the outage");
+    assert!(
+        fail.at >= down && fail.at <= up + 1.0,
+        "{:?} vs {down}..{up}",
+        r.readyz
+    );
+    assert!(fail.detail.contains("upstream"), "{}", fail.detail);
+    assert!(
+        r.readyz.iter().any(|c| c.ready && c.at > up),
+        "/readyz recovered after the restart: {:?}",
+        r.readyz
+    );
+    let f = r.after_replay.expect("replayed");
+    assert_eq!(
+        (f.stored_once, f.duplicates, f.missing, f.still_journaled),
+        (300, 0, 0, 0),
+        "{f:?}"
+    );
 }
 
 #[tokio::test]
