@@ -93,7 +93,9 @@ fn main() -> std::process::ExitCode {
             }
             let bad = r.tally.lost > 0
                 || r.tally.duplicates > 0
-                || r.after_replay.as_ref().is_some_and(|f| f.duplicates > 0 || f.missing > 0);
+                || r.after_replay
+                    .as_ref()
+                    .is_some_and(|f| f.duplicates > 0 || f.missing > 0);
             if bad {
                 std::process::ExitCode::FAILURE
             } else {

@@ -454,11 +454,13 @@ async fn find_until<U: Upstream>(
     loop {
         n += 1;
         let found = up.find(query).await?;
-        let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
-        if !found.is_empty() || tokio::time::Instant::now() + wait >= end {
+        let now = tokio::time::Instant::now();
+        if !found.is_empty() || now >= end {
             return Ok(found);
         }
-        tokio::time::sleep(wait).await;
+        // The last search is made at the window's end, not one backoff step before it.
+        let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
+        tokio::time::sleep(wait.min(end - now)).await;
     }
 }
 
@@ -485,11 +487,13 @@ async fn read_until<U: Upstream>(
             }
             ReadBack::Failed(e) => format!("read back failed: {e}"),
         };
-        let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
-        if tokio::time::Instant::now() + wait >= window_end {
+        let now = tokio::time::Instant::now();
+        if now >= window_end {
             return Err(last);
         }
-        tokio::time::sleep(wait).await;
+        // The last read is made at the window's end, not one backoff step before it.
+        let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
+        tokio::time::sleep(wait.min(window_end - now)).await;
     }
 }
 

@@ -444,13 +444,19 @@ async fn reduced_soak_accounts_for_every_write_and_replay_lands_each_once() {
     assert_eq!(t.duplicates, 0, "zero duplicates");
     assert_eq!(t.lost, 0, "zero lost: {:?}", t.lost_examples);
     assert_eq!(t.confirmed + t.unconfirmed_journaled, 1000);
-    assert!(t.confirmed > 900, "most writes are confirmed at once: {t:?}");
+    assert!(
+        t.confirmed > 900,
+        "most writes are confirmed at once: {t:?}"
+    );
     let s = &r.simulator;
     assert!(
         s.dropped > 50 && s.conflicts > 0 && s.errors > 0 && s.gateway_timeouts > 0,
         "the faults did happen: {s:?}"
     );
-    assert!(s.resets_before_persist + s.resets_after_persist > 0, "{s:?}");
+    assert!(
+        s.resets_before_persist + s.resets_after_persist > 0,
+        "{s:?}"
+    );
     assert!(
         r.max_open_at_upstream <= 12,
         "the governor held the cap: {}",
@@ -482,7 +488,10 @@ async fn outage_keeps_the_sidecar_up_fails_readyz_and_replay_lands_everything_on
     let (down, up) = r.outage.expect("the simulator was stopped");
     let t = &r.tally;
     assert_eq!((t.duplicates, t.lost), (0, 0), "{:?}", t.lost_examples);
-    assert!(t.unconfirmed_journaled > 0, "some writes met the outage: {t:?}");
+    assert!(
+        t.unconfirmed_journaled > 0,
+        "some writes met the outage: {t:?}"
+    );
     assert!(
         !t.statuses.contains_key(&0),
         "every write got an HTTP answer (the sidecar stayed up): {:?}",
