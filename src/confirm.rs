@@ -290,18 +290,71 @@ pub enum Kind {
 }
 
 /// Drives one write to its fate. `jitter` yields values in [0, 1); `give_up` resolves when the
-/// sidecar must answer now (shutdown).
+/// sidecar must answer now (shutdown): whatever the write is doing then — waiting to retry,
+/// writing, reading back, searching — it ends unconfirmed at once, with what is known so far.
 pub async fn confirm<U: Upstream>(
     up: &U,
     kind: Kind,
     look_first: bool,
     expected: &Expected,
     policy: &Policy,
-    mut jitter: impl FnMut() -> f64 + Send,
+    jitter: impl FnMut() -> f64 + Send,
     give_up: impl std::future::Future<Output = ()> + Send,
 ) -> Fate {
+    let progress = Progress::default();
+    tokio::select! {
+        biased;
+        fate = drive(up, kind, look_first, expected, policy, jitter, &progress) => fate,
+        _ = give_up => progress.interrupted(),
+    }
+}
+
+/// What a write has got to, kept for the answer given when the sidecar must stop waiting.
+#[derive(Default)]
+struct Progress {
+    attempts: std::sync::atomic::AtomicU32,
+    /// The ObjectID Rally acknowledged, 0 when none yet.
+    object_id: std::sync::atomic::AtomicI64,
+    cause: std::sync::Mutex<String>,
+}
+
+impl Progress {
+    fn note(&self, attempts: u32, cause: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.attempts.store(attempts, Relaxed);
+        if let Ok(mut c) = self.cause.lock() {
+            c.clear();
+            c.push_str(cause);
+        }
+    }
+
+    fn interrupted(&self) -> Fate {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cause = self.cause.lock().map(|c| c.clone()).unwrap_or_default();
+        let id = self.object_id.load(Relaxed);
+        Fate::Unconfirmed {
+            attempts: self.attempts.load(Relaxed),
+            cause: if cause.is_empty() || cause == "no attempt made" {
+                "the sidecar is shutting down".into()
+            } else {
+                format!("{cause}; the sidecar is shutting down")
+            },
+            object_id: (id != 0).then_some(id),
+        }
+    }
+}
+
+/// [`confirm`] without the give-up: reports its progress as it goes.
+async fn drive<U: Upstream>(
+    up: &U,
+    kind: Kind,
+    look_first: bool,
+    expected: &Expected,
+    policy: &Policy,
+    mut jitter: impl FnMut() -> f64 + Send,
+    progress: &Progress,
+) -> Fate {
     let deadline = tokio::time::Instant::now() + policy.timeout;
-    tokio::pin!(give_up);
     let mut attempts = 0u32;
     let mut cause = String::from("no attempt made");
     // After an ambiguous answer or a lost acceptance, look before writing again. After an
@@ -367,12 +420,14 @@ pub async fn confirm<U: Upstream>(
             }
         }
         attempts += 1;
-        let (answer, raw) = tokio::select! {
-            r = up.submit() => r,
-            _ = &mut give_up => return Fate::Unconfirmed { attempts, cause: "the sidecar is shutting down".into(), object_id: None },
-        };
+        progress.note(attempts, &cause);
+        let (answer, raw) = up.submit().await;
         let retry_after = match answer {
             Answer::Accepted { object_id } => {
+                progress
+                    .object_id
+                    .store(object_id, std::sync::atomic::Ordering::Relaxed);
+                progress.note(attempts, "acknowledged, not yet read back");
                 match read_until(up, object_id, expected, policy, deadline, &mut jitter).await {
                     Ok(()) => {
                         return Fate::Confirmed {
@@ -384,6 +439,9 @@ pub async fn confirm<U: Upstream>(
                     }
                     Err(c) if c.starts_with("not readable") && matches!(kind, Kind::Create) => {
                         // Acknowledged but never stored (or lost): look, then write again.
+                        progress
+                            .object_id
+                            .store(0, std::sync::atomic::Ordering::Relaxed);
                         cause = c;
                         must_look = true;
                         look_window = Duration::ZERO;
@@ -433,10 +491,8 @@ pub async fn confirm<U: Upstream>(
                 object_id: None,
             };
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = &mut give_up => return Fate::Unconfirmed { attempts, cause: format!("{cause}; the sidecar is shutting down"), object_id: None },
-        }
+        progress.note(attempts, &cause);
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -1055,6 +1055,8 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
     report.pending_after_exit = states.values().filter(|s| **s == State::Pending).count();
     report.tally = account(&outcomes, &stored, &states);
     if opts.replay_passes > 0 {
+        // The replay runs later, against a Rally no longer slowed down for the run.
+        sim.set_faults(FaultConfig::default())?;
         let cfg = Arc::new(sidecar_config(&sim_handle.base_url, &journal, "10s")?);
         report.replay = replay_all(cfg, &journal, opts.replay_passes).await?;
         let stored = stored_per_build(&sim);

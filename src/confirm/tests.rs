@@ -440,6 +440,40 @@ async fn shutdown_answers_held_writes_at_once() {
     }
 }
 
+/// Found by the SIGTERM run: writes still reading back at the deadline were cut off unanswered.
+/// The give-up now ends every phase, keeping the acknowledged ObjectID.
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_a_read_back_in_progress() {
+    let s = Script::default();
+    s.answers
+        .lock()
+        .expect("l")
+        .push_back(Answer::Accepted { object_id: 7 });
+    s.store.lock().expect("l").push((7, 0, "b1".into()));
+    *s.lag_until.lock().expect("l") = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+    let fate = confirm(
+        &s,
+        Kind::Create,
+        false,
+        &expected(),
+        &policy(),
+        || 0.5,
+        tokio::time::sleep(Duration::from_secs(2)),
+    )
+    .await;
+    match fate {
+        Fate::Unconfirmed {
+            cause,
+            object_id,
+            attempts,
+        } => {
+            assert!(cause.contains("shutting down"), "{cause}");
+            assert_eq!((object_id, attempts), (Some(7), 1));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn classification() {
     let ok = json!({"CreateResult": {"Errors": [], "Object": {"ObjectID": 12}}});
