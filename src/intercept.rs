@@ -1082,14 +1082,28 @@ async fn record_fate(
     icpt.metrics.attempts.observe(attempts as f64);
     icpt.metrics.confirm_latency.observe(ms / 1000.0);
     let id = unsettled.id;
-    match unsettled
-        .journal
-        .settle(id, state, attempts, cause.clone(), object_id, Some(ms))
-        .await
-    {
-        Ok(()) => unsettled.open = false,
-        Err(e) => {
-            tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal")
+    if state == State::Unconfirmed && icpt.give_up.is_cancelled() {
+        // Shutting down: the row is already unconfirmed (one statement for all held writes
+        // when the give-up came, or recovery at the next start), so the client is answered
+        // first and the row's details are written behind it, while there is time.
+        let journal = unsettled.journal.clone();
+        let cause = cause.clone();
+        tokio::spawn(async move {
+            let _ = journal
+                .settle(id, state, attempts, cause, object_id, Some(ms))
+                .await;
+        });
+        unsettled.open = false;
+    } else {
+        match unsettled
+            .journal
+            .settle(id, state, attempts, cause.clone(), object_id, Some(ms))
+            .await
+        {
+            Ok(()) => unsettled.open = false,
+            Err(e) => {
+                tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal")
+            }
         }
     }
     tracing::info!(

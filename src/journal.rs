@@ -233,6 +233,19 @@ impl Journal {
         .await
     }
 
+    /// Marks every pending write unconfirmed in one statement (at the shutdown deadline, so
+    /// the held writes can be answered without a journal write each). Returns how many.
+    pub async fn settle_all_pending(&self, cause: &str) -> Result<usize, JournalError> {
+        let cause = cause.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE writes SET state = 'unconfirmed', last_error = ?1, updated_at = ?2 WHERE state = 'pending'",
+                params![cause, now()],
+            )
+        })
+        .await
+    }
+
     /// Marks a write unconfirmed without waiting (from a destructor at shutdown).
     pub fn settle_now(&self, id: i64, cause: &str) {
         let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());

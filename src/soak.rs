@@ -905,16 +905,14 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
         ..FaultConfig::default()
     };
     faults.validate()?;
+    // The simulator starts fast for the warm-up and is slowed down for the held writes.
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
     let sim_handle = sim::start(
         listener,
         None,
-        SimOptions {
-            faults,
-            ..SimOptions::default()
-        },
+        SimOptions::default(),
     )
     .map_err(|e| e.to_string())?;
     let sim = sim_handle.sim.clone();
@@ -1006,6 +1004,18 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
         drop(idle);
     }
 
+    // One write per test case first, as a running test suite would have made: the guard's
+    // cache is warm, so the held writes wait on Rally, not on lookups.
+    let warm: Vec<String> = (0..50).map(|i| format!("warm-up-{i}")).collect();
+    drive(&format!("http://{proxy}"), warm, 12, Instant::now(), |_| {}).await;
+    let intercepted = async || {
+        get_text(&probe, format!("http://{admin}/metrics"), None)
+            .await
+            .map(|(_, t)| metric_sum(&t, "rally_sidecar_intercepted_writes_total") as usize)
+            .unwrap_or(0)
+    };
+    let before = intercepted().await;
+    sim.set_faults(faults)?;
     let began = Instant::now();
     let builds: Vec<String> = (0..opts.writes).map(|i| build_name(99, i)).collect();
     let base = format!("http://{proxy}");
@@ -1017,10 +1027,7 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
     // Wait until every write is past the guard (in the sidecar's hands), at most a minute.
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let held = get_text(&probe, format!("http://{admin}/metrics"), None)
-            .await
-            .map(|(_, t)| metric_sum(&t, "rally_sidecar_intercepted_writes_total") as usize)
-            .unwrap_or(0);
+        let held = intercepted().await.saturating_sub(before);
         report.held_at_sigterm = held;
         if held >= opts.writes || Instant::now() > until {
             break;
