@@ -7,7 +7,8 @@
 //!
 //! `--body N` sets the origin's response size in bytes (100 = a small GET, 102400 = 100 KB).
 //! `--json` makes the origin answer Rally-like JSON whose refs the sidecar rewrites.
-//! Extra `--target URL` values (e.g. an nginx in front of the same origin) are measured too;
+//! Extra `--target URL` or `--target name=URL` values (e.g. an nginx in front of the same
+//! origin, see bench/compare-nginx.sh) are measured too;
 //! `{origin}` in a target is replaced by the origin's address. Results print as a Markdown table.
 
 #![allow(
@@ -143,12 +144,16 @@ async fn load(url: &str, connections: usize, seconds: u64) -> Outcome {
                 hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut errors = 0u64;
             let host = url.authority().unwrap().to_string();
-            let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
+            let connect = async || {
+                let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                sender
+            };
+            let mut sender = connect().await;
             while Instant::now() < deadline {
                 let req = hyper::Request::get(url.path_and_query().unwrap().as_str())
                     .header("host", &host)
@@ -167,8 +172,10 @@ async fn load(url: &str, connections: usize, seconds: u64) -> Outcome {
                         }
                     }
                     Err(_) => {
+                        // The server closed the connection (e.g. nginx after
+                        // keepalive_requests): count it and connect again.
                         errors += 1;
-                        break;
+                        sender = connect().await;
                     }
                 }
             }
@@ -261,7 +268,12 @@ fn main() {
         ),
     ];
     for t in &a.targets {
-        targets.push((t.clone(), t.replace("{origin}", &origin.to_string())));
+        // "name=http://..." names a target; a bare URL is its own name.
+        let (name, url) = match t.split_once("=http") {
+            Some((n, u)) => (n.to_string(), format!("http{u}")),
+            None => (t.clone(), t.clone()),
+        };
+        targets.push((name, url.replace("{origin}", &origin.to_string())));
     }
     println!(
         "body {} bytes{}, {} connections, {} s per target, {} CPUs",
