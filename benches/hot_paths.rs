@@ -1,4 +1,5 @@
-//! criterion benches for the pure functions on the request path.
+//! criterion benches for the pure functions on the request path: classification, envelope
+//! parsing and enrichment, `_ref` rewriting, redaction.
 //!
 //!     cargo bench --bench hot_paths
 
@@ -68,5 +69,67 @@ fn redaction(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ref_rewriting, redaction);
+fn classification(c: &mut Criterion) {
+    use rally_sidecar::intercept::classify::classify;
+    let mut group = c.benchmark_group("classify");
+    for (name, method, path) in [
+        (
+            "create",
+            http::Method::PUT,
+            "/slm/webservice/v2.0/testcaseresult/create?key=abc&workspace=/workspace/200",
+        ),
+        (
+            "read_passthrough",
+            http::Method::GET,
+            "/slm/webservice/v2.0/testcase?query=(FormattedID%20%3D%20TC1)&fetch=Name",
+        ),
+        ("batch", http::Method::POST, "/slm/webservice/v2.0/batch"),
+    ] {
+        group.bench_function(name, |b| b.iter(|| classify(black_box(&method), black_box(path))));
+    }
+    group.finish();
+}
+
+fn envelope_and_enrichment(c: &mut Criterion) {
+    use rally_sidecar::intercept::enrich::{Sources, enrich};
+    use rally_sidecar::intercept::envelope::{parse, result_fields, test_case_id};
+    let bare = br#"{"TestCaseResult": {"TestCase": "/testcase/1001", "Verdict": "Pass", "Notes": "from CI"}}"#;
+    let full = br#"{"testcaseresult": {"TestCase": "https://rally1.rallydev.com/slm/webservice/v2.0/testcase/1001", "Verdict": "Fail", "Build": "b-42", "Date": "2026-11-24T12:00:00.000Z", "Tester": "/user/400", "Duration": 12.5, "Notes": "a longer note about the failure, as CI tools write them"}}"#;
+    let sources = Sources {
+        header_build: Some("header-build".into()),
+        received_at: "2026-11-24T12:00:00.000Z".into(),
+        owner: Some("/user/400".into()),
+        ..Sources::default()
+    };
+    let mut group = c.benchmark_group("envelope");
+    for (name, body) in [("bare_result", &bare[..]), ("complete_result", &full[..])] {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(BenchmarkId::new("parse", name), |b| {
+            b.iter(|| {
+                let map = parse(black_box(body)).unwrap();
+                let (_, fields) = result_fields(&map).unwrap();
+                test_case_id(&fields).map(|s| s.len())
+            })
+        });
+        group.bench_function(BenchmarkId::new("parse_and_enrich", name), |b| {
+            b.iter(|| {
+                let map = parse(black_box(body)).unwrap();
+                let (_, fields) = result_fields(&map).unwrap();
+                matches!(
+                    enrich(&fields, &sources),
+                    rally_sidecar::intercept::enrich::Enriched::Ready(..)
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    ref_rewriting,
+    redaction,
+    classification,
+    envelope_and_enrichment
+);
 criterion_main!(benches);

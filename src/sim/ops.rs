@@ -516,9 +516,10 @@ pub fn create(store: &mut Store, ctx: &Ctx, ty: Type, body: &Value, persist: boo
     let rendered = r.created(&obj, &ctx.fetch());
     let tc = obj.get_ref("TestCase").map(|(_, t)| t);
     if persist {
+        let oid = obj.oid;
         store.insert(obj);
         if let (Type::TestCaseResult, Some(tc)) = (ty, tc) {
-            store.update_rollup(tc);
+            store.rollup_after_create(tc, oid);
         }
     }
     Done {

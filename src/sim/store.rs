@@ -415,6 +415,39 @@ impl Store {
         }
     }
 
+    /// [`Store::update_rollup`] after `result` was created for `tc`, without scanning every
+    /// result: the roll-up was right before, and the new result (the newest ObjectID) wins when
+    /// its Date is not older than the current LastRun. Keeps long runs linear.
+    pub fn rollup_after_create(&mut self, tc: i64, result: i64) {
+        let Some(new) = self.objects.get(&result) else {
+            return;
+        };
+        let new_date = new.str_field("Date").and_then(parse_date);
+        let values = (
+            new.fields.get("Verdict").cloned().unwrap_or(Value::Null),
+            new.fields.get("Build").cloned().unwrap_or(Value::Null),
+            new.fields.get("Date").cloned().unwrap_or(Value::Null),
+        );
+        let Some(obj) = self.objects.get_mut(&tc) else {
+            return;
+        };
+        let current = obj
+            .fields
+            .get("LastRun")
+            .and_then(Value::as_str)
+            .and_then(parse_date);
+        let has_last = !obj.fields.get("LastResult").is_none_or(Value::is_null);
+        if has_last && new_date < current {
+            return;
+        }
+        let f = &mut obj.fields;
+        f.insert("LastVerdict".into(), values.0);
+        f.insert("LastBuild".into(), values.1);
+        f.insert("LastRun".into(), values.2);
+        f.insert("LastResult".into(), make_ref(Type::TestCaseResult, result));
+        obj.version += 1;
+    }
+
     /// Role of `user` on `project`: Admin for workspace admins, else the project permission.
     pub fn project_role(&self, user: i64, project: i64) -> Option<String> {
         if self.objects.values().any(|o| {
