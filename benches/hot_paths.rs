@@ -85,7 +85,9 @@ fn classification(c: &mut Criterion) {
         ),
         ("batch", http::Method::POST, "/slm/webservice/v2.0/batch"),
     ] {
-        group.bench_function(name, |b| b.iter(|| classify(black_box(&method), black_box(path))));
+        group.bench_function(name, |b| {
+            b.iter(|| classify(black_box(&method), black_box(path)))
+        });
     }
     group.finish();
 }

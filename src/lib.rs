@@ -264,7 +264,9 @@ pub async fn run_with(
                     "shutdown deadline: held writes journaled as unconfirmed and answered now"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "cannot journal the held writes in bulk; each is journaled as it is answered"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot journal the held writes in bulk; each is journaled as it is answered")
+                }
             }
         }
         if let Some(t) = give_up {

@@ -909,12 +909,8 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let sim_handle = sim::start(
-        listener,
-        None,
-        SimOptions::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    let sim_handle =
+        sim::start(listener, None, SimOptions::default()).map_err(|e| e.to_string())?;
     let sim = sim_handle.sim.clone();
     let journal = fresh_journal(&opts.dir, "drain").map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(&opts.binary)

@@ -739,3 +739,56 @@ async fn sigterm_with_500_writes_held_answers_and_journals_each() {
         "{f:?}"
     );
 }
+
+/// Replay runs rows concurrently, but two rows for the same result (the client sent it twice)
+/// never race: the second finds what the first wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replay_writes_a_result_sent_twice_once() {
+    let sim = simulator(SimOptions::default()).await;
+    let path = temp_dir("replay-twice").join("j.sqlite");
+    let (j, _) = Journal::open(&path).expect("journal");
+    for build in ["twice", "twice", "other-1", "other-2"] {
+        let body = json!({"TestCaseResult": {"TestCase": "/testcase/1037", "Build": build, "Date": "2026-05-05T05:05:05.000Z", "Verdict": "Pass"}});
+        let id = j
+            .insert(NewWrite {
+                request_id: "r".into(),
+                received_at: "t".into(),
+                credential: "fp".into(),
+                operation: "create".into(),
+                path: format!("{WS}/testcaseresult/create"),
+                body: body.to_string(),
+                build: Some(build.into()),
+                ..NewWrite::default()
+            })
+            .await
+            .expect("insert");
+        j.settle(
+            id,
+            State::Unconfirmed,
+            1,
+            Some("HTTP 502".into()),
+            None,
+            None,
+        )
+        .await
+        .expect("settle");
+    }
+    let cfg = soak::sidecar_config(&sim.base_url, &path, "2s").expect("config");
+    let rows = j
+        .list(Some(State::Unconfirmed), vec![], 10)
+        .await
+        .expect("rows");
+    let done = rally_sidecar::replay::replay(Arc::new(cfg), &j, rows, ALICE.1)
+        .await
+        .expect("replayed");
+    assert_eq!(done.len(), 4);
+    assert!(done.iter().all(|r| r.state == State::Confirmed), "{done:?}");
+    assert_eq!(
+        done.iter().filter(|r| r.adopted).count(),
+        1,
+        "the second copy was found, not written: {done:?}"
+    );
+    assert_eq!(stored_with(&sim, "twice"), 1);
+    assert_eq!(stored_with(&sim, "other-1"), 1);
+    sim.stop().await;
+}
