@@ -106,9 +106,10 @@ impl Upstream for RallyWrite<'_> {
     async fn read(&self, object_id: i64) -> ReadBack {
         match self
             .lookups
-            .get_json(
+            .get_json_as(
                 self.cred,
                 &format!("testcaseresult/{object_id}?fetch=TestCase,Build,Date,Verdict,Tester"),
+                crate::governor::Priority::FollowUp,
             )
             .await
         {
@@ -130,9 +131,10 @@ impl Upstream for RallyWrite<'_> {
         let q = percent_encoding::utf8_percent_encode(query, percent_encoding::NON_ALPHANUMERIC);
         let (status, json) = self
             .lookups
-            .get_json(
+            .get_json_as(
                 self.cred,
                 &format!("testcaseresult?query={q}&fetch=ObjectID&pagesize=200"),
+                crate::governor::Priority::FollowUp,
             )
             .await
             .map_err(|e| e.to_string())?;

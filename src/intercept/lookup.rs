@@ -91,6 +91,18 @@ impl Lookups {
         cred: &Credential,
         path_and_query: &str,
     ) -> Result<(StatusCode, Value), LookupError> {
+        self.get_json_as(cred, path_and_query, crate::governor::Priority::Normal)
+            .await
+    }
+
+    /// [`Lookups::get_json`] waiting in the given governor queue (read-backs and fingerprint
+    /// searches of writes already sent are follow-ups).
+    pub async fn get_json_as(
+        &self,
+        cred: &Credential,
+        path_and_query: &str,
+        priority: crate::governor::Priority,
+    ) -> Result<(StatusCode, Value), LookupError> {
         let uri = format!("{}{SERVICE_ROOT}/{path_and_query}", self.origin);
         let mut req = Request::get(uri)
             .body(
@@ -106,7 +118,7 @@ impl Lookups {
         cred.apply(h);
         let _slot = self
             .governor
-            .acquire(cred.fingerprint())
+            .acquire_as(cred.fingerprint(), priority)
             .await
             .map_err(|e| LookupError(e.to_string()))?;
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
