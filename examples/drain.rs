@@ -61,16 +61,10 @@ fn main() -> std::process::ExitCode {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             }
-            let bad = r.tally.lost > 0
-                || r.tally.duplicates > 0
-                || r.pending_after_exit > 0
-                || r.after_replay
-                    .as_ref()
-                    .is_some_and(|f| f.duplicates > 0 || f.missing > 0);
-            if bad {
-                std::process::ExitCode::FAILURE
-            } else {
+            if r.is_clean() {
                 std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
             }
         }
         Err(e) => {

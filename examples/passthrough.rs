@@ -230,10 +230,8 @@ fn spawn_sidecar(
     let mut lines = std::io::BufReader::new(stderr).lines();
     loop {
         let line = lines.next().expect("sidecar exited").unwrap();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && let Some(addr) = v["fields"]["proxy_addr"].as_str()
-        {
-            let addr = addr.to_string();
+        if let Some((proxy, _)) = rally_sidecar::soak::ready_addrs(&line) {
+            let addr = proxy.to_string();
             // Keep draining stderr so the sidecar never blocks on a full pipe.
             std::thread::spawn(move || for _ in lines.by_ref() {});
             return (child, addr);

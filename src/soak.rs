@@ -9,7 +9,7 @@
 //! also by the SIGTERM run, where the sidecar is a separate process.
 //! `cargo run --release --example soak -- --help` lists the knobs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -346,10 +346,12 @@ pub fn stored_per_build(sim: &Simulator) -> HashMap<String, usize> {
 }
 
 /// Puts every outcome in one box, from what the client saw, the journal and the store.
+/// Without a journal (writes sent straight to the simulator) only answers and duplicates are
+/// counted.
 pub fn account(
     outcomes: &[Outcome],
     stored: &HashMap<String, usize>,
-    journal: &HashMap<i64, State>,
+    journal: Option<&HashMap<i64, State>>,
 ) -> Tally {
     let mut t = Tally {
         writes: outcomes.len(),
@@ -372,6 +374,9 @@ pub fn account(
         if n > 1 {
             t.duplicates += 1;
         }
+        let Some(journal) = journal else {
+            continue;
+        };
         let state = o.journal_id.and_then(|id| journal.get(&id)).copied();
         match (o.confirmed, state) {
             (Some(true), Some(State::Confirmed)) if n == 1 => t.confirmed += 1,
@@ -400,23 +405,34 @@ pub fn account(
     t
 }
 
-/// Every row's state, by id.
-pub async fn journal_states(path: &Path) -> Result<HashMap<i64, State>, String> {
-    let (j, _) = Journal::open(path).map_err(|e| e.to_string())?;
+/// The journal as the accounting needs it, read once: every row's state by id, and the
+/// Builds of the rows still unconfirmed.
+pub async fn journal_view(j: &Journal) -> Result<(HashMap<i64, State>, HashSet<String>), String> {
     let rows = j
         .list(None, vec![], usize::MAX >> 1)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(rows.iter().map(|r| (r.id, r.state)).collect())
+    let states = rows.iter().map(|r| (r.id, r.state)).collect();
+    let unconfirmed = rows
+        .into_iter()
+        .filter(|r| r.state == State::Unconfirmed)
+        .filter_map(|r| r.build)
+        .collect();
+    Ok((states, unconfirmed))
+}
+
+pub fn open_journal(path: &Path) -> Result<Journal, String> {
+    Journal::open(path)
+        .map(|(j, _)| j)
+        .map_err(|e| e.to_string())
 }
 
 /// Replays the journal's unconfirmed rows up to `passes` times (until none is left).
 pub async fn replay_all(
     cfg: Arc<Config>,
-    path: &Path,
+    j: &Journal,
     passes: usize,
 ) -> Result<Vec<ReplayPass>, String> {
-    let (j, _) = Journal::open(path).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for _ in 0..passes {
         let rows = j
@@ -427,7 +443,7 @@ pub async fn replay_all(
             break;
         }
         let n = rows.len();
-        let done = crate::replay::replay(cfg.clone(), &j, rows, API_KEY).await?;
+        let done = crate::replay::replay(cfg.clone(), j, rows, API_KEY).await?;
         let confirmed = done.iter().filter(|r| r.state == State::Confirmed).count();
         out.push(ReplayPass {
             rows: n,
@@ -439,11 +455,24 @@ pub async fn replay_all(
     Ok(out)
 }
 
+/// Replays the journal, then finds where each of `builds` ended.
+pub async fn replay_and_count(
+    cfg: Arc<Config>,
+    j: &Journal,
+    passes: usize,
+    sim: &Simulator,
+    builds: &[String],
+) -> Result<(Vec<ReplayPass>, Final), String> {
+    let passes = replay_all(cfg, j, passes).await?;
+    let (_, left) = journal_view(j).await?;
+    Ok((passes, final_state(builds, &stored_per_build(sim), &left)))
+}
+
 /// Where each write ended after the replay.
 pub fn final_state(
     builds: &[String],
     stored: &HashMap<String, usize>,
-    unconfirmed_builds: &std::collections::HashSet<String>,
+    unconfirmed_builds: &HashSet<String>,
 ) -> Final {
     let mut f = Final::default();
     for b in builds {
@@ -455,16 +484,6 @@ pub fn final_state(
         }
     }
     f
-}
-
-/// The Builds of the journal's unconfirmed rows.
-pub async fn unconfirmed_builds(path: &Path) -> Result<std::collections::HashSet<String>, String> {
-    let (j, _) = Journal::open(path).map_err(|e| e.to_string())?;
-    let rows = j
-        .list(Some(State::Unconfirmed), vec![], usize::MAX >> 1)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows.into_iter().filter_map(|r| r.build).collect())
 }
 
 /// The sidecar configuration the runs use: in front of `upstream`, journal at `journal`.
@@ -507,33 +526,23 @@ async fn watch_readyz(
     let client = client(1);
     let mut seen: Vec<ReadyChange> = Vec::new();
     loop {
-        let req = Request::get(format!("http://{admin}/readyz")).body(Full::new(Bytes::new()));
-        if let Ok(req) = req {
-            let (ready, detail) = match client.request(req).await {
-                Ok(r) => {
-                    let ok = r.status().is_success();
-                    let body = r
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                        .unwrap_or_default();
-                    let detail = body
-                        .lines()
-                        .find(|l| l.starts_with("FAIL"))
-                        .unwrap_or("all ok")
-                        .to_string();
-                    (ok, detail)
-                }
-                Err(e) => (false, format!("admin unreachable: {e}")),
-            };
-            if seen.last().map(|c| c.ready) != Some(ready) {
-                seen.push(ReadyChange {
-                    at: began.elapsed().as_secs_f64(),
-                    ready,
-                    detail,
-                });
-            }
+        let (ready, detail) = match get_text(&client, format!("http://{admin}/readyz"), None).await
+        {
+            Some((status, body)) => (
+                status == 200,
+                body.lines()
+                    .find(|l| l.starts_with("FAIL"))
+                    .unwrap_or("all ok")
+                    .to_string(),
+            ),
+            None => (false, "admin unreachable".to_string()),
+        };
+        if seen.last().map(|c| c.ready) != Some(ready) {
+            seen.push(ReadyChange {
+                at: began.elapsed().as_secs_f64(),
+                ready,
+                detail,
+            });
         }
         tokio::select! {
             _ = stop.cancelled() => return seen,
@@ -668,41 +677,30 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport, String> {
     };
     let stats = sim.stats();
     let stored = stored_per_build(&sim);
-    let states = if opts.direct {
-        HashMap::new()
+    let j = if opts.direct {
+        None
     } else {
-        journal_states(&journal).await?
+        Some(open_journal(&journal)?)
     };
-    let tally = if opts.direct {
-        let mut t = Tally {
-            writes: outcomes.len(),
-            ..Tally::default()
-        };
-        for o in &outcomes {
-            *t.statuses.entry(o.status).or_default() += 1;
-            let n = stored.get(&o.build).copied().unwrap_or(0);
-            if n > 1 {
-                t.duplicates += 1;
-            }
-        }
-        t
-    } else {
-        account(&outcomes, &stored, &states)
+    let states = match &j {
+        Some(j) => Some(journal_view(j).await?.0),
+        None => None,
     };
+    let tally = account(&outcomes, &stored, states.as_ref());
     let answers_during_outage = outage
         .map(|(a, b)| outcomes.iter().filter(|o| o.at >= a && o.at <= b).count())
         .unwrap_or(0);
 
     let mut replay = Vec::new();
     let mut after_replay = None;
-    if !opts.direct && opts.replay_passes > 0 {
+    if let Some(j) = j.as_ref().filter(|_| opts.replay_passes > 0) {
         if progress {
             eprintln!("soak: replaying the journal");
         }
-        replay = replay_all(replay_cfg, &journal, opts.replay_passes).await?;
-        let stored = stored_per_build(&sim);
-        let left = unconfirmed_builds(&journal).await?;
-        after_replay = Some(final_state(&builds, &stored, &left));
+        let (passes, end) =
+            replay_and_count(replay_cfg, j, opts.replay_passes, &sim, &builds).await?;
+        replay = passes;
+        after_replay = Some(end);
     }
     let latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
     let report = SoakReport {
@@ -730,6 +728,32 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport, String> {
         h.stop().await;
     }
     Ok(report)
+}
+
+impl Final {
+    /// Replay left nothing stored twice and nothing missing.
+    pub fn is_clean(&self) -> bool {
+        self.duplicates == 0 && self.missing == 0
+    }
+}
+
+impl SoakReport {
+    /// No write lost or stored twice, before or after the replay.
+    pub fn is_clean(&self) -> bool {
+        self.tally.lost == 0
+            && self.tally.duplicates == 0
+            && self.after_replay.as_ref().is_none_or(Final::is_clean)
+    }
+}
+
+impl DrainReport {
+    /// No write lost, stored twice or left pending, before or after the replay.
+    pub fn is_clean(&self) -> bool {
+        self.tally.lost == 0
+            && self.tally.duplicates == 0
+            && self.pending_after_exit == 0
+            && self.after_replay.as_ref().is_none_or(Final::is_clean)
+    }
 }
 
 /// The report as a short Markdown summary.
@@ -793,7 +817,15 @@ pub fn summary(r: &SoakReport) -> String {
         }
         out += "\n";
     }
-    for (i, p) in r.replay.iter().enumerate() {
+    out += &replay_lines(&r.replay, r.after_replay.as_ref());
+    out += &error_lines(t);
+    out
+}
+
+/// The replay passes and where the writes ended, one line each.
+fn replay_lines(passes: &[ReplayPass], end: Option<&Final>) -> String {
+    let mut out = String::new();
+    for (i, p) in passes.iter().enumerate() {
         out += &format!(
             "replay pass {}: {} rows, {} confirmed ({} found already stored), {} still unconfirmed\n",
             i + 1,
@@ -803,12 +835,18 @@ pub fn summary(r: &SoakReport) -> String {
             p.still_unconfirmed
         );
     }
-    if let Some(f) = &r.after_replay {
+    if let Some(f) = end {
         out += &format!(
             "\nafter replay: {} stored exactly once, **{} duplicates**, {} still journaled, **{} missing**\n",
             f.stored_once, f.duplicates, f.still_journaled, f.missing
         );
     }
+    out
+}
+
+/// What clients were told, by kind, and examples of lost writes.
+fn error_lines(t: &Tally) -> String {
+    let mut out = String::new();
     if !t.errors.is_empty() {
         out += "\nerrors clients saw:\n";
         for (e, n) in &t.errors {
@@ -863,6 +901,14 @@ pub struct DrainReport {
     pub replay: Vec<ReplayPass>,
     pub after_replay: Option<Final>,
     pub journal: PathBuf,
+}
+
+/// The proxy and admin addresses from the "rally-sidecar ready" line of a JSON log, for
+/// harnesses that start the sidecar as a process on port 0.
+pub fn ready_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    let addr = |name: &str| v["fields"][name].as_str()?.parse().ok();
+    Some((addr("proxy_addr")?, addr("admin_addr")?))
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -937,29 +983,19 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
     let pid = child.id().ok_or("the sidecar exited at once")?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
-    let (mut proxy, mut admin) = (None::<SocketAddr>, None::<SocketAddr>);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while proxy.is_none() {
+    let (proxy, admin) = loop {
         let line = tokio::time::timeout_at(deadline, lines.next_line())
             .await
             .map_err(|_| "the sidecar did not start in 30 s")?
             .map_err(|e| e.to_string())?
             .ok_or("the sidecar exited before it was ready")?;
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            proxy = v["fields"]["proxy_addr"]
-                .as_str()
-                .and_then(|a| a.parse().ok());
-            admin = v["fields"]["admin_addr"]
-                .as_str()
-                .and_then(|a| a.parse().ok());
+        if let Some(addrs) = ready_addrs(&line) {
+            break addrs;
         }
-    }
+    };
     // Keep reading its logs so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (proxy, admin) = (
-        proxy.ok_or("no proxy address")?,
-        admin.ok_or("no admin address")?,
-    );
     let probe = client(4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut report = DrainReport {
@@ -1053,18 +1089,17 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
     report.exit_after_s = term.elapsed().as_secs_f64();
     report.exit_code = status.code();
     let outcomes = driver.await.map_err(|e| e.to_string())?;
-    let stored = stored_per_build(&sim);
-    let states = journal_states(&journal).await?;
+    let j = open_journal(&journal)?;
+    let (states, _) = journal_view(&j).await?;
     report.pending_after_exit = states.values().filter(|s| **s == State::Pending).count();
-    report.tally = account(&outcomes, &stored, &states);
+    report.tally = account(&outcomes, &stored_per_build(&sim), Some(&states));
     if opts.replay_passes > 0 {
         // The replay runs later, against a Rally no longer slowed down for the run.
         sim.set_faults(FaultConfig::default())?;
         let cfg = Arc::new(sidecar_config(&sim_handle.base_url, &journal, "10s")?);
-        report.replay = replay_all(cfg, &journal, opts.replay_passes).await?;
-        let stored = stored_per_build(&sim);
-        let left = unconfirmed_builds(&journal).await?;
-        report.after_replay = Some(final_state(&builds, &stored, &left));
+        let (passes, end) = replay_and_count(cfg, &j, opts.replay_passes, &sim, &builds).await?;
+        report.replay = passes;
+        report.after_replay = Some(end);
     }
     sim_handle.stop().await;
     Ok(report)
@@ -1094,27 +1129,7 @@ pub fn drain_summary(r: &DrainReport) -> String {
         t.lost,
         r.pending_after_exit
     );
-    for (e, n) in &t.errors {
-        out += &format!("- {n} × {e}\n");
-    }
-    for l in &t.lost_examples {
-        out += &format!("- lost: {l}\n");
-    }
-    for (i, p) in r.replay.iter().enumerate() {
-        out += &format!(
-            "replay pass {}: {} rows, {} confirmed ({} found already stored), {} still unconfirmed\n",
-            i + 1,
-            p.rows,
-            p.confirmed,
-            p.adopted,
-            p.still_unconfirmed
-        );
-    }
-    if let Some(f) = &r.after_replay {
-        out += &format!(
-            "\nafter replay: {} stored exactly once, **{} duplicates**, {} still journaled, **{} missing**\n",
-            f.stored_once, f.duplicates, f.still_journaled, f.missing
-        );
-    }
+    out += &error_lines(t);
+    out += &replay_lines(&r.replay, r.after_replay.as_ref());
     out
 }

@@ -59,14 +59,9 @@ impl SidecarProcess {
                 .expect("sidecar started in time")
                 .expect("read stderr")
                 .expect("sidecar exited before it was ready");
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let (Some(p), Some(a)) = (
-                    v["fields"]["proxy_addr"].as_str(),
-                    v["fields"]["admin_addr"].as_str(),
-                )
-            {
-                addr = p.parse().ok();
-                admin = a.parse().ok();
+            if let Some((p, a)) = rally_sidecar::soak::ready_addrs(&line) {
+                addr = Some(p);
+                admin = Some(a);
             }
             lines.lock().expect("lines").push(line);
         }
