@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rally_sidecar::proxy::refs::Rewriter;
+use rally_sidecar::refs::Rewriter;
 
 fn rally_page(items: usize, origin: &str) -> Vec<u8> {
     let item = format!(

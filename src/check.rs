@@ -7,15 +7,11 @@
 //! harmless write — a TestCaseResult create with no attributes, which Rally refuses with a
 //! validation error and never stores — and a read-only key gets 401 instead.
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::proxy::upstream::UpstreamClient;
-use crate::wsapi::SERVICE_ROOT;
 
 /// Exit codes, for scripts.
 pub mod exit {
@@ -33,43 +29,7 @@ pub mod exit {
     pub const NO_WORKSPACE: u8 = 5;
 }
 
-/// A credential from the environment.
-#[derive(Clone)]
-pub enum Credential {
-    ApiKey(String),
-    Basic { user: String, password: String },
-}
-
-impl Credential {
-    pub fn from_env() -> Option<Credential> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        if let Some(k) = get("RALLY_API_KEY") {
-            return Some(Credential::ApiKey(k));
-        }
-        Some(Credential::Basic {
-            user: get("RALLY_USERNAME")?,
-            password: get("RALLY_PASSWORD")?,
-        })
-    }
-
-    fn apply(&self, h: &mut HeaderMap) {
-        match self {
-            Credential::ApiKey(k) => {
-                if let Ok(v) = HeaderValue::from_str(k) {
-                    h.insert("zsessionid", v);
-                }
-            }
-            Credential::Basic { user, password } => {
-                use base64::Engine;
-                let token =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                if let Ok(v) = HeaderValue::from_str(&format!("Basic {token}")) {
-                    h.insert(header::AUTHORIZATION, v);
-                }
-            }
-        }
-    }
-}
+pub use crate::rally::credential::Operator as Credential;
 
 /// One project's verdict.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -95,56 +55,6 @@ pub struct Report {
     pub projects: Vec<ProjectVerdict>,
     pub exit_code: u8,
     pub problem: Option<String>,
-}
-
-struct Rally<'a> {
-    client: UpstreamClient,
-    cfg: &'a Config,
-    cred: Credential,
-}
-
-impl Rally<'_> {
-    async fn call(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, Value), String> {
-        let uri = format!(
-            "{}{SERVICE_ROOT}/{path_and_query}",
-            self.cfg.upstream.origin_string()
-        );
-        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(
-                Full::new(bytes)
-                    .map_err(crate::server::box_never)
-                    .boxed_unsync(),
-            )
-            .map_err(|e| e.to_string())?;
-        let h = req.headers_mut();
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        self.cred.apply(h);
-        let resp =
-            tokio::time::timeout(self.cfg.upstream.response_timeout, self.client.request(req))
-                .await
-                .map_err(|_| "no answer in time".to_string())?
-                .map_err(|e| crate::proxy::error_chain(&e))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
-    }
 }
 
 fn results(v: &Value) -> Vec<Value> {
@@ -174,9 +84,7 @@ pub fn lookup_path(kind: &str, given: &str, workspace: Option<i64>) -> String {
     let scope = workspace
         .map(|w| format!("&workspace=/workspace/{w}"))
         .unwrap_or_default();
-    match crate::intercept::context::scope_id(given)
-        .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
-    {
+    match crate::wsapi::scope_id(given).filter(|id| id.bytes().all(|b| b.is_ascii_digit())) {
         Some(id) if given.contains('/') || given.bytes().all(|b| b.is_ascii_digit()) => {
             format!("{kind}?query=(ObjectID%20%3D%20{id})&fetch=ObjectID,Name,State{scope}")
         }
@@ -209,19 +117,15 @@ pub async fn run(
         exit_code: exit::OK,
         problem: None,
     };
-    let (client, route) = match crate::proxy::upstream::build(&cfg.upstream) {
+    let rally = match crate::rally::Session::new(cfg, &cred) {
         Ok(x) => x,
         Err(e) => {
             report.exit_code = exit::UNREACHABLE;
-            report.problem = Some(e.to_string());
+            report.problem = Some(e);
             return report;
         }
     };
-    report.route = match route {
-        crate::proxy::upstream::Route::Direct => "direct".into(),
-        crate::proxy::upstream::Route::Proxy(p) => format!("through proxy {p}"),
-    };
-    let rally = Rally { client, cfg, cred };
+    report.route = rally.route.to_string();
     let fail = |mut r: Report, code: u8, why: String| {
         r.exit_code = code;
         r.problem = Some(why);
@@ -272,7 +176,7 @@ pub async fn run(
     // The harmless write: an empty create is refused by validation, or with 401 for a read-only key.
     let probe = serde_json::json!({"TestCaseResult": {}});
     if let Ok((StatusCode::UNAUTHORIZED, _)) = rally
-        .call(Method::POST, "testcaseresult/create", Some(probe))
+        .call(Method::POST, "testcaseresult/create", Some(&probe))
         .await
     {
         let r = fail(
@@ -305,7 +209,7 @@ pub async fn run(
                 .unwrap_or_default();
             let profile = v["User"]["UserProfile"]["_ref"]
                 .as_str()
-                .and_then(crate::intercept::context::scope_id);
+                .and_then(crate::wsapi::scope_id);
             match profile {
                 Some(p) => {
                     let (_, v) = rally
@@ -335,7 +239,7 @@ pub async fn run(
     let ws_oid = oid_of(&ws).or_else(|| {
         ws["_ref"]
             .as_str()
-            .and_then(crate::intercept::context::scope_id)
+            .and_then(crate::wsapi::scope_id)
             .and_then(|s| s.parse().ok())
     });
     report.workspace = ws["Name"]
@@ -357,7 +261,7 @@ pub async fn run(
     let ref_oid = |v: &Value| {
         v["_ref"]
             .as_str()
-            .and_then(crate::intercept::context::scope_id)
+            .and_then(crate::wsapi::scope_id)
             .and_then(|s| s.parse::<i64>().ok())
     };
     let ws_role = perms

@@ -393,7 +393,7 @@ pub struct GuardConfig {
 #[derive(Debug, Clone)]
 pub struct ConfirmConfig {
     pub enabled: bool,
-    pub policy: crate::confirm::Policy,
+    pub policy: ConfirmPolicy,
     /// Status of the "not confirmed" answer.
     pub unconfirmed_status: http::StatusCode,
     /// Also check the TestCase's LastVerdict/LastBuild after confirming; warn if stale.
@@ -414,6 +414,30 @@ pub struct JournalConfig {
     pub max_confirmed: i64,
 }
 
+/// Retry and confirmation policy (`[confirm]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfirmPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Re-submissions after the first attempt.
+    pub max_attempts: u32,
+    /// Overall budget from the first attempt to the answer.
+    pub timeout: Duration,
+    /// How long an accepted result may take to become readable before it is presumed lost.
+    pub readback_window: Duration,
+}
+
+/// `[sweep]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepConfig {
+    pub stuck_verdicts: Vec<String>,
+    pub older_than: Duration,
+    pub set_verdict: String,
+    pub apply: bool,
+    /// Run inside `serve` this often (None: off).
+    pub interval: Option<Duration>,
+}
+
 /// The validated configuration every other module reads.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -429,7 +453,7 @@ pub struct Config {
     pub confirm: ConfirmConfig,
     pub journal: JournalConfig,
     pub scope: ScopeConfig,
-    pub sweep: crate::sweep::SweepConfig,
+    pub sweep: SweepConfig,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,
@@ -909,7 +933,7 @@ impl Config {
 
         let (intercept, context, guard) = validate_interception(raw, e);
         let (confirm, journal) = validate_confirmation(raw, e);
-        let sweep = crate::sweep::SweepConfig {
+        let sweep = SweepConfig {
             stuck_verdicts: raw
                 .sweep
                 .stuck_verdicts
@@ -977,7 +1001,7 @@ fn validate_confirmation(
     e: &mut Vec<ConfigError>,
 ) -> (ConfirmConfig, JournalConfig) {
     let c = &raw.confirm;
-    let policy = crate::confirm::Policy {
+    let policy = ConfirmPolicy {
         initial_backoff: duration(
             "confirm.initial_backoff",
             c.initial_backoff.as_deref(),

@@ -17,20 +17,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::intercept::envelope::parse_ref;
+pub use crate::rally::lookups::ReadBack;
+use crate::wsapi::parse_ref;
 
-/// Retry and confirmation policy (`[confirm]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Re-submissions after the first attempt.
-    pub max_attempts: u32,
-    /// Overall budget from the first attempt to the answer.
-    pub timeout: Duration,
-    /// How long an accepted result may take to become readable before it is presumed lost.
-    pub readback_window: Duration,
-}
+pub use crate::config::ConfirmPolicy as Policy;
 
 /// What one answer to a create or update means.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,14 +205,6 @@ pub fn backoff(p: &Policy, n: u32, jitter: f64, retry_after: Option<Duration>) -
         Some(ra) if ra > jittered => ra.min(p.max_backoff.max(ra)),
         _ => jittered,
     }
-}
-
-/// A read-back's outcome.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReadBack {
-    Found(Map<String, Value>),
-    NotFound,
-    Failed(String),
 }
 
 /// Rally's answer to one attempt, as received.

@@ -15,7 +15,7 @@ use crate::server::Body;
 use crate::wsapi::{self, Envelope};
 
 /// Header naming the sidecar as the source of an answer, with a stable code.
-pub const ERROR_HEADER: &str = "x-rally-sidecar-error";
+pub const ERROR_HEADER: &str = wsapi::headers::ERROR;
 
 /// Which side of the proxy a failure belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +152,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
         // A refusal is an answer about the write, shaped like Rally's own application errors.
         let mut resp = wsapi_response(*status, *kind, code, message);
         if let Ok(v) = HeaderValue::from_str(code) {
-            resp.headers_mut()
-                .insert(crate::intercept::DECISION_HEADER, v);
+            resp.headers_mut().insert(wsapi::headers::DECISION, v);
         }
         return resp;
     }

@@ -15,17 +15,18 @@ pub mod cert;
 pub mod check;
 pub mod config;
 pub mod confirm;
-pub mod credential;
 pub mod demo;
 pub mod error;
-pub mod governor;
 pub mod intercept;
 pub mod journal;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod rally;
 pub mod redact;
+pub mod refs;
 pub mod replay;
+pub mod request;
 pub mod server;
 pub mod sim;
 pub mod soak;
@@ -75,7 +76,7 @@ pub enum RunError {
     #[error("listener TLS: {0}")]
     ListenerTls(#[from] tls::TlsError),
     #[error("{0}")]
-    Upstream(#[from] proxy::upstream::UpstreamError),
+    Upstream(#[from] rally::connect::UpstreamError),
     #[error("{0}")]
     Setup(String),
 }
@@ -88,7 +89,7 @@ pub struct Shared {
     /// The build context the admin API sets.
     pub context: Arc<intercept::context::BuildContext>,
     /// What the proxy last saw of the upstream.
-    pub health: Arc<admin::UpstreamHealth>,
+    pub health: Arc<rally::health::UpstreamHealth>,
 }
 
 impl Default for Shared {
@@ -97,7 +98,7 @@ impl Default for Shared {
             metrics: Arc::new(Metrics::new()),
             readiness: Arc::new(Readiness::default()),
             context: Arc::new(intercept::context::BuildContext::default()),
-            health: Arc::new(admin::UpstreamHealth::default()),
+            health: Arc::new(rally::health::UpstreamHealth::default()),
         }
     }
 }
@@ -145,7 +146,8 @@ pub async fn run_with(
         )?),
         None => None,
     };
-    let (client, route) = proxy::upstream::build(&config.upstream)?;
+    let (rally, route) = rally::Rally::new(config.clone(), metrics.clone(), health.clone())?;
+    let rally = Arc::new(rally);
     // The journal must be open before any write is accepted; /readyz waits for it.
     readiness.set("journal", false, "opening");
     let journal = if config.confirm.enabled {
@@ -173,17 +175,25 @@ pub async fn run_with(
         None
     };
     readiness.set("upstream_tls", true, "upstream TLS configuration loaded");
-    let proxy_handle = Arc::new(
-        Proxy::new(
-            config.clone(),
-            client,
-            metrics.clone(),
-            context.clone(),
-            journal.clone(),
-        )
-        .map(|p| p.with_health(health.clone()))
-        .map_err(|e| RunError::Setup(e.to_string()))?,
+    let rule_fields: Vec<String> = config.guard.rules.iter().map(|r| r.field.clone()).collect();
+    let lookups = Arc::new(rally::lookups::Lookups::new(
+        rally.clone(),
+        &rule_fields,
+        config.guard.cache_ttl,
+    ));
+    let interceptor = intercept::Interceptor::new(
+        config.clone(),
+        lookups,
+        context.clone(),
+        metrics.clone(),
+        journal.clone(),
     );
+    let proxy_handle = Arc::new(Proxy::new(
+        config.clone(),
+        rally.clone(),
+        metrics.clone(),
+        interceptor,
+    ));
 
     let admin_task_addr = listeners
         .admin
@@ -269,9 +279,7 @@ pub async fn run_with(
                 }
             }
         }
-        if let Some(t) = give_up {
-            t.cancel();
-        }
+        give_up.cancel();
     });
     let sweeper = config.sweep.interval.map(|every| {
         tokio::spawn(sweep_loop(
@@ -291,7 +299,7 @@ pub async fn run_with(
         ))
     });
     let watcher = tokio::spawn(watch_upstream(
-        proxy_handle.clone(),
+        rally.clone(),
         health.clone(),
         readiness.clone(),
         shutdown.clone(),
@@ -354,8 +362,8 @@ pub fn cancel_on_signals(token: CancellationToken) {
 /// Keeps the `upstream` line of `/readyz` current: failed while no connection to the upstream
 /// can be made (requests that fail to connect mark it), probed every second until it answers.
 async fn watch_upstream(
-    proxy: Arc<Proxy>,
-    health: Arc<admin::UpstreamHealth>,
+    rally: Arc<rally::Rally>,
+    health: Arc<rally::health::UpstreamHealth>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
@@ -368,7 +376,7 @@ async fn watch_upstream(
             _ = tick.tick() => {}
         }
         if health.unreachable_since().is_some() {
-            proxy.probe().await;
+            rally.probe().await;
         }
         let (ready, detail) = health.readiness();
         if ready != was_ready {
@@ -444,7 +452,11 @@ async fn sweep_loop(
         {
             Ok(r) => tracing::info!(
                 stuck = r.actions.len(),
-                applied = r.outcomes.iter().filter(|(_, o)| o == "applied").count(),
+                applied = r
+                    .outcomes
+                    .iter()
+                    .filter(|(_, o)| *o == sweep::Outcome::Applied)
+                    .count(),
                 dry_run = r.dry_run,
                 journal_reconfirmed = r.journal_reconfirmed.len(),
                 journal_unresolved = r.journal_unresolved.len(),

@@ -617,7 +617,11 @@ fn sweep(serve: ServeArgs, apply: bool, dry_run: bool, json: bool) -> ExitCode {
                 } else {
                     print!("{}", rally_sidecar::sweep::render(&report));
                 }
-                if report.outcomes.iter().any(|(_, o)| o.starts_with("failed")) {
+                if report
+                    .outcomes
+                    .iter()
+                    .any(|(_, o)| matches!(o, rally_sidecar::sweep::Outcome::Failed(_)))
+                {
                     ExitCode::from(2)
                 } else {
                     ExitCode::SUCCESS

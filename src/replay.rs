@@ -10,10 +10,9 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::confirm::{self, Expected, Fate, Kind, rally::RallyWrite};
-use crate::credential::Fingerprinter;
 use crate::journal::{Journal, Row, State};
-use crate::proxy::Proxy;
-use crate::server::ConnInfo;
+use crate::rally::Session;
+use crate::rally::credential::Operator;
 
 /// What happened to one row.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -41,53 +40,6 @@ fn without_key(path: &str) -> String {
     }
 }
 
-/// The sidecar's machinery used from a command (`journal replay`, `sweep`) rather than for a
-/// client: a proxy for the configured upstream, and an API key as the credential.
-pub struct Standalone {
-    pub proxy: Proxy,
-    /// `ZSESSIONID` and `Content-Type` for every request the command makes.
-    pub headers: HeaderMap,
-    pub cred: crate::credential::Credential,
-    pub conn: ConnInfo,
-}
-
-impl Standalone {
-    pub fn new(cfg: Arc<Config>, api_key: &str) -> Result<Standalone, String> {
-        let (client, _) =
-            crate::proxy::upstream::build(&cfg.upstream).map_err(|e| e.to_string())?;
-        let proxy = Proxy::new(
-            cfg,
-            client,
-            Arc::new(crate::metrics::Metrics::new()),
-            Arc::new(crate::intercept::context::BuildContext::default()),
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "zsessionid",
-            HeaderValue::from_str(api_key)
-                .map_err(|_| "RALLY_API_KEY is not a valid header value")?,
-        );
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let cred = Fingerprinter::new().of(&headers).ok_or("no credential")?;
-        let conn = ConnInfo {
-            peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            local: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls: false,
-        };
-        Ok(Standalone {
-            proxy,
-            headers,
-            cred,
-            conn,
-        })
-    }
-}
-
 /// Replays `rows` (only unconfirmed ones are touched), as many at once as the credential's
 /// upstream slots (`upstream.max_concurrency_per_credential`); results come newest first,
 /// as `journal list` shows rows.
@@ -98,8 +50,7 @@ pub async fn replay(
     api_key: &str,
 ) -> Result<Vec<Replayed>, String> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
-    let ctx = Standalone::new(cfg.clone(), api_key)?;
-    let lookups = ctx.proxy.lookups().ok_or("no lookups")?;
+    let ctx = Session::new(&cfg, &Operator::ApiKey(api_key.to_string()))?;
     let at_once = cfg.upstream.max_concurrency_per_credential.max(1);
     let ctx = &ctx;
     let cfg = &cfg;
@@ -116,7 +67,7 @@ pub async fn replay(
             .into_iter()
             .partition(|r| seen.insert(fingerprint_of(r).unwrap_or_else(|| r.id.to_string())));
         let done: Vec<Replayed> = stream::iter(now)
-            .map(|row| replay_row(cfg, ctx, lookups, journal, row))
+            .map(|row| replay_row(cfg, ctx, journal, row))
             .buffered(at_once)
             .try_collect()
             .await?;
@@ -137,8 +88,7 @@ fn fingerprint_of(row: &Row) -> Option<String> {
 /// Looks for one row's result, writes it again only if absent, reads it back, settles the row.
 async fn replay_row(
     cfg: &Arc<Config>,
-    ctx: &Standalone,
-    lookups: &crate::intercept::lookup::Lookups,
+    ctx: &Session,
     journal: &Journal,
     row: Row,
 ) -> Result<Replayed, String> {
@@ -160,9 +110,14 @@ async fn replay_row(
             detail: format!("bad stored path {}", row.path),
         });
     };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    ctx.cred.apply(&mut headers);
     let up = RallyWrite {
-        proxy: &ctx.proxy,
-        lookups,
+        lookups: &ctx.lookups,
         cred: &ctx.cred,
         method: if row.operation == "update" {
             Method::POST
@@ -170,9 +125,9 @@ async fn replay_row(
             Method::PUT
         },
         uri,
-        headers: ctx.headers.clone(),
+        headers,
         body: bytes::Bytes::from(row.body.clone()),
-        conn: ctx.conn,
+        ctx: None,
     };
     let kind = if row.operation == "update" {
         Kind::Update

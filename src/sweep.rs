@@ -16,16 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-/// `[sweep]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SweepConfig {
-    pub stuck_verdicts: Vec<String>,
-    pub older_than: Duration,
-    pub set_verdict: String,
-    pub apply: bool,
-    /// Run inside `serve` this often (None: off).
-    pub interval: Option<Duration>,
-}
+pub use crate::config::SweepConfig;
 
 /// A result that may be stuck, as read from Rally.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -230,13 +221,49 @@ mod tests {
     }
 }
 
+/// What applying one action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// The result changed since it was planned (another sweep, a person): left alone.
+    Skipped {
+        verdict: String,
+    },
+    Failed(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Applied => f.write_str("applied"),
+            Outcome::Skipped { verdict } => write!(f, "skipped: Verdict is now {verdict:?}"),
+            Outcome::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+impl PartialEq<str> for Outcome {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            Outcome::Applied => other == "applied",
+            _ => other == self.to_string().as_str(),
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// What a sweep found and did.
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepReport {
     pub dry_run: bool,
     pub actions: Vec<Action>,
-    /// ObjectID → "applied", "skipped: ..." or "failed: ...".
-    pub outcomes: Vec<(i64, String)>,
+    /// ObjectID → what applying its action did.
+    pub outcomes: Vec<(i64, Outcome)>,
     /// Journal rows unconfirmed for longer than `older_than` that were found in Rally.
     pub journal_reconfirmed: Vec<i64>,
     /// Journal rows still not found in Rally (replay them with `journal replay`).
@@ -251,15 +278,13 @@ pub async fn run(
     apply: bool,
     now: OffsetDateTime,
 ) -> Result<SweepReport, String> {
-    use crate::confirm::{self, Expected, rally::RallyWrite};
+    use crate::confirm::{self, Expected};
     let sweep = &cfg.sweep;
-    let crate::replay::Standalone {
-        proxy,
-        headers,
-        cred,
-        conn,
-    } = crate::replay::Standalone::new(cfg.clone(), api_key)?;
-    let lookups = proxy.lookups().ok_or("no lookups")?;
+    let session = crate::rally::Session::new(
+        &cfg,
+        &crate::rally::credential::Operator::ApiKey(api_key.to_string()),
+    )?;
+    let (lookups, cred) = (&session.lookups, &session.cred);
     let cutoff = now - sweep.older_than;
 
     // 1. Journal rows unconfirmed for too long: look for them in Rally first.
@@ -281,18 +306,8 @@ pub async fn run(
                 .cloned()
                 .unwrap_or_default();
             let expected = Expected::from_fields(&fields);
-            let up = RallyWrite {
-                proxy: &proxy,
-                lookups,
-                cred: &cred,
-                method: http::Method::GET,
-                uri: http::Uri::from_static("/"),
-                headers: headers.clone(),
-                body: bytes::Bytes::new(),
-                conn,
-            };
             let found = match confirm::fingerprint_query(&expected) {
-                Some(q) => confirm::Upstream::find(&up, &q).await.unwrap_or_default(),
+                Some(q) => lookups.find_results(cred, &q).await.unwrap_or_default(),
                 None => vec![],
             };
             match found.iter().min() {
@@ -322,7 +337,7 @@ pub async fn run(
         let ws = match &cfg.scope.workspace {
             Some(w) => {
                 let (_, v) = lookups
-                    .get_json(&cred, &crate::check::lookup_path("workspace", w, None))
+                    .get_json(cred, &crate::check::lookup_path("workspace", w, None))
                     .await
                     .map_err(|e| e.to_string())?;
                 let oid = v["QueryResult"]["Results"][0]["ObjectID"].as_i64();
@@ -333,7 +348,7 @@ pub async fn run(
         let mut scopes: Vec<String> = Vec::new();
         for p in &cfg.scope.projects {
             let (_, v) = lookups
-                .get_json(&cred, &crate::check::lookup_path("project", p, ws))
+                .get_json(cred, &crate::check::lookup_path("project", p, ws))
                 .await
                 .map_err(|e| e.to_string())?;
             let oid = v["QueryResult"]["Results"][0]["ObjectID"]
@@ -354,7 +369,7 @@ pub async fn run(
                     "testcaseresult?query={q}&fetch=ObjectID,TestCase,Build,Verdict,Date,Notes&order=ObjectID&pagesize=200&start={start}{ws_param}{scope}"
                 );
                 let (_, v) = lookups
-                    .get_json(&cred, &path)
+                    .get_json(cred, &path)
                     .await
                     .map_err(|e| e.to_string())?;
                 let r = &v["QueryResult"];
@@ -385,7 +400,7 @@ pub async fn run(
         for a in &actions {
             let (_, v) = lookups
                 .get_json(
-                    &cred,
+                    cred,
                     &format!("testcaseresult/{}?fetch=Verdict,Notes,Date", a.object_id),
                 )
                 .await
@@ -393,7 +408,12 @@ pub async fn run(
             let current = &v["TestCaseResult"];
             let verdict = current["Verdict"].as_str().unwrap_or("");
             if !sweep.stuck_verdicts.iter().any(|s| s == verdict) {
-                outcomes.push((a.object_id, format!("skipped: Verdict is now {verdict:?}")));
+                outcomes.push((
+                    a.object_id,
+                    Outcome::Skipped {
+                        verdict: verdict.to_string(),
+                    },
+                ));
                 continue;
             }
             let line = audit_line(now, verdict, &a.to, sweep.older_than, &a.date);
@@ -406,35 +426,20 @@ pub async fn run(
                 None => line,
             };
             let body = serde_json::json!({"TestCaseResult": {"Verdict": a.to, "Notes": notes}});
-            let mut req = http::Request::new(());
-            *req.method_mut() = http::Method::POST;
-            *req.uri_mut() = format!(
-                "{}{}/testcaseresult/{}",
-                cfg.upstream.origin_string(),
-                crate::wsapi::SERVICE_ROOT,
-                a.object_id
-            )
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-            *req.headers_mut() = headers.clone();
-            let (parts, ()) = req.into_parts();
-            let outcome = match proxy
-                .send_buffered(parts, bytes::Bytes::from(body.to_string()), &conn)
+            let outcome = match session
+                .call(
+                    http::Method::POST,
+                    &format!("testcaseresult/{}", a.object_id),
+                    Some(&body),
+                )
                 .await
             {
-                Ok((resp, _)) => {
-                    let status = resp.status();
-                    let bytes = crate::server::collect_limited(resp.into_body(), 4 * 1024 * 1024)
-                        .await
-                        .unwrap_or_default();
-                    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    match crate::intercept::lookup::first_error(&v) {
-                        Some(e) => format!("failed: {e}"),
-                        None if status.is_success() => "applied".to_string(),
-                        None => format!("failed: Rally answered {status}"),
-                    }
-                }
-                Err(e) => format!("failed: {e}"),
+                Ok((status, v)) => match crate::rally::lookups::first_error(&v) {
+                    Some(e) => Outcome::Failed(e),
+                    None if status.is_success() => Outcome::Applied,
+                    None => Outcome::Failed(format!("Rally answered {status}")),
+                },
+                Err(e) => Outcome::Failed(e),
             };
             outcomes.push((a.object_id, outcome));
         }
@@ -465,8 +470,8 @@ pub fn render(r: &SweepReport) -> String {
             .outcomes
             .iter()
             .find(|(o, _)| *o == a.object_id)
-            .map(|(_, x)| x.as_str())
-            .unwrap_or("planned");
+            .map(|(_, x)| x.to_string())
+            .unwrap_or_else(|| "planned".into());
         s.push_str(&format!(
             "  {:>12}  tc={:<8} build={:<16} {} -> {}  dated {}  {outcome}\n",
             a.object_id,

@@ -4,14 +4,36 @@
 
 use serde_json::{Map, Value, json};
 
-/// Path prefix of WSAPI v2.0.
+/// Path prefix of WSAPI v2.0: where the sidecar's own requests go.
 pub const SERVICE_ROOT: &str = "/slm/webservice/v2.0";
+/// Path prefix of every WSAPI version; the version segment follows it.
+pub const SERVICE_PREFIX: &str = "/slm/webservice/";
 /// Path prefix of the schema service pyral reads at start-up.
 pub const SCHEMA_ROOT: &str = "/slm/schema/v2.0";
 /// `_rallyAPIMajor` carried by every object.
 pub const API_MAJOR: &str = "2";
 /// `_rallyAPIMinor` carried by every object.
 pub const API_MINOR: &str = "0";
+
+/// Headers the sidecar adds to its answers (and the one request header it reads).
+pub mod headers {
+    /// Names the sidecar as the source of an answer, with a stable code.
+    pub const ERROR: &str = "x-rally-sidecar-error";
+    /// The sidecar's decision on a result write (`allowed`, `refused-archived`, ...).
+    pub const DECISION: &str = "x-rally-sidecar-decision";
+    /// What the sidecar filled (`Build,Date,Tester`).
+    pub const FILLED: &str = "x-rally-sidecar-filled";
+    /// Whether the result was read back from Rally and found as sent.
+    pub const CONFIRMED: &str = "x-rally-sidecar-confirmed";
+    /// How many attempts the write took.
+    pub const ATTEMPTS: &str = "x-rally-sidecar-attempts";
+    /// The journal row of the write.
+    pub const JOURNAL_ID: &str = "x-rally-sidecar-journal-id";
+    /// Request header: a build for this write.
+    pub const BUILD: &str = "x-rally-build";
+    /// Request id, propagated or generated.
+    pub const REQUEST_ID: &str = "x-request-id";
+}
 
 /// The envelope kinds a WSAPI JSON response can have (the single root key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +101,59 @@ pub fn strip_js(segment: &str) -> &str {
         .unwrap_or(segment)
 }
 
+/// The version segments that name WSAPI v2 (Rally serves `v2.x` as well as `v2.0`, and its
+/// refs echo the one the client used: docs/simulator.md).
+pub fn is_v2(version: &str) -> bool {
+    version == "v2.0" || version.eq_ignore_ascii_case("v2.x")
+}
+
+/// A WSAPI path split once: its version segment and the segments after it, each without the
+/// legacy `.js` (which Rally accepts at the end of any segment). `None` for paths outside
+/// `/slm/webservice/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePath<'a> {
+    pub version: &'a str,
+    pub segments: Vec<&'a str>,
+}
+
+/// Splits `path` (no query string) into a [`ServicePath`].
+pub fn service_path(path: &str) -> Option<ServicePath<'_>> {
+    let rest = path.strip_prefix(SERVICE_PREFIX)?;
+    let mut parts = rest.split('/');
+    let version = parts.next().filter(|v| !v.is_empty())?;
+    let segments = parts.filter(|s| !s.is_empty()).map(strip_js).collect();
+    Some(ServicePath { version, segments })
+}
+
+/// A reference's type segment and id, from any of the four spellings clients use
+/// (`/testcase/1`, `testcase/1`, a full URL, `{"_ref": ...}`), with or without `.js`.
+pub fn parse_ref(v: &Value) -> Option<(String, String)> {
+    let text = match v {
+        Value::String(s) => s.as_str(),
+        Value::Object(m) => m.get("_ref")?.as_str()?,
+        _ => return None,
+    };
+    let text = text.split(['?', '#']).next().unwrap_or(text);
+    let segs: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
+    let id = strip_js(segs.last()?);
+    let ty = strip_js(segs.get(segs.len().checked_sub(2)?)?);
+    is_object_id(id).then(|| (ty.to_ascii_lowercase(), id.to_string()))
+}
+
+/// An ObjectID or ObjectUUID as it may appear in a path.
+pub fn is_object_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The id at the end of a workspace or project ref in any spelling (`/workspace/1`,
+/// `workspace/1`, a full URL, `1`).
+pub fn scope_id(s: &str) -> Option<String> {
+    let s = s.split(['?', '#']).next().unwrap_or(s);
+    let last = s.split('/').rfind(|x| !x.is_empty())?;
+    let id = strip_js(last);
+    is_object_id(id).then(|| id.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +168,16 @@ mod tests {
         assert!(inner["Warnings"].as_array().is_some_and(|w| w.is_empty()));
         let q = error_envelope(Envelope::Query, &["x".into()], &[]);
         assert_eq!(q["QueryResult"]["TotalResultCount"], 0);
+    }
+
+    #[test]
+    fn service_paths_in_every_version_and_spelling() {
+        let p = service_path("/slm/webservice/v2.x/testcase/1090.js/Results.js/add").expect("p");
+        assert_eq!(p.version, "v2.x");
+        assert_eq!(p.segments, ["testcase", "1090", "Results", "add"]);
+        assert!(is_v2(p.version) && is_v2("v2.0") && !is_v2("v1.43"));
+        assert_eq!(service_path("/slm/schema/v2.0/x"), None);
+        assert_eq!(service_path("/slm/webservice/"), None);
     }
 
     #[test]

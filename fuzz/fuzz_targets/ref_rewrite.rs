@@ -2,7 +2,7 @@
 //! chunk, never panics, and leaves no rewritable occurrence of the upstream origin.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use rally_sidecar::proxy::refs::Rewriter;
+use rally_sidecar::refs::Rewriter;
 
 const FROM: &str = "https://rally1.rallydev.com";
 const TO: &str = "http://127.0.0.1:8080";

@@ -33,14 +33,7 @@ pub struct BuildContext {
     state: RwLock<ContextView>,
 }
 
-/// The ObjectID in a ref or a bare id (`/workspace/200`, `workspace/200`, a URL, `200`).
-pub fn scope_id(s: &str) -> Option<String> {
-    let s = s.split(['?', '#']).next().unwrap_or(s);
-    let last = s.split('/').rfind(|x| !x.is_empty())?;
-    let id = crate::wsapi::strip_js(last);
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        .then(|| id.to_string())
-}
+pub use crate::wsapi::scope_id;
 
 impl BuildContext {
     pub fn set(&self, c: SetContext) -> Result<ContextView, String> {

@@ -74,22 +74,7 @@ pub fn missing(v: Option<&Value>) -> bool {
     }
 }
 
-/// A reference's type segment and id, from any of the four spellings.
-pub fn parse_ref(v: &Value) -> Option<(String, String)> {
-    let text = match v {
-        Value::String(s) => s.as_str(),
-        Value::Object(m) => m.get("_ref")?.as_str()?,
-        _ => return None,
-    };
-    let text = text.split(['?', '#']).next().unwrap_or(text);
-    let segs: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
-    let id = crate::wsapi::strip_js(segs.last()?);
-    let ty = segs.get(segs.len().checked_sub(2)?)?;
-    let valid = !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    valid.then(|| (ty.to_ascii_lowercase(), id.to_string()))
-}
+pub use crate::wsapi::parse_ref;
 
 /// The TestCase id a result names, if it names one the sidecar can look up.
 pub fn test_case_id(fields: &Map<String, Value>) -> Option<String> {

@@ -2,20 +2,11 @@
 //! returned: block when it cannot be read (deleted, in the recycle bin, a wrong ref), when its
 //! project is Closed, or when a configured rule matches one of its fields (custom ones too).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::config::{GuardConfig, OnLookupError};
 
-/// What a read of the TestCase (with the caller's credential) returned.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lookup {
-    /// The TestCase's attributes (with `Project` fetched, including its `State`).
-    Found(Map<String, Value>),
-    /// Rally answered, but the TestCase is not readable; Rally's error text.
-    NotReadable(String),
-    /// The lookup itself failed (transport, timeout, unexpected answer).
-    Failed(String),
-}
+pub use crate::rally::lookups::Lookup;
 
 /// Why a write is blocked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -65,10 +65,21 @@ pub enum Route {
     Proxy(String),
 }
 
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Direct => f.write_str("direct"),
+            Route::Proxy(p) => write!(f, "through proxy {p}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("upstream.url has no host")]
+    NoAuthority,
 }
 
 /// Decides whether the upstream is reached through a proxy.

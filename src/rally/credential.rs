@@ -105,6 +105,61 @@ impl Credential {
     }
 }
 
+/// The credential an operator's command uses (`check`, `sweep`, `journal replay`, the periodic
+/// sweep): `RALLY_API_KEY`, or `RALLY_USERNAME` and `RALLY_PASSWORD`. Read in this one place.
+#[derive(Clone)]
+pub enum Operator {
+    ApiKey(String),
+    Basic { user: String, password: String },
+}
+
+impl Operator {
+    pub fn from_env() -> Option<Operator> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(k) = get("RALLY_API_KEY") {
+            return Some(Operator::ApiKey(k));
+        }
+        Some(Operator::Basic {
+            user: get("RALLY_USERNAME")?,
+            password: get("RALLY_PASSWORD")?,
+        })
+    }
+
+    /// The API key alone (replay and sweep write with an API key: a basic-auth session's
+    /// security token does not outlive the session).
+    pub fn api_key(&self) -> Option<&str> {
+        match self {
+            Operator::ApiKey(k) => Some(k),
+            Operator::Basic { .. } => None,
+        }
+    }
+
+    /// The request headers that carry it.
+    pub fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        self.apply(&mut h);
+        h
+    }
+
+    fn apply(&self, h: &mut HeaderMap) {
+        match self {
+            Operator::ApiKey(k) => {
+                if let Ok(v) = HeaderValue::from_str(k) {
+                    h.insert("zsessionid", v);
+                }
+            }
+            Operator::Basic { user, password } => {
+                use base64::Engine;
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                if let Ok(v) = HeaderValue::from_str(&format!("Basic {token}")) {
+                    h.insert(header::AUTHORIZATION, v);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
