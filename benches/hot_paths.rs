@@ -65,7 +65,7 @@ fn ref_rewriting(c: &mut Criterion) {
 fn redaction(c: &mut Criterion) {
     let pq = "/slm/webservice/v2.0/testcaseresult/create?key=abc123def456&workspace=/workspace/200&project=/project/300&projectScopeUp=false";
     c.bench_function("redact_path_and_query", |b| {
-        b.iter(|| rally_sidecar::redact::path_and_query(black_box(pq)).len())
+        b.iter(|| rally_sidecar::telemetry::redact::path_and_query(black_box(pq)).len())
     });
 }
 

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::full;
 use crate::intercept::context::{BuildContext, SetContext};
-use crate::metrics::Metrics;
 use crate::server::{Body, BoxError, BoxFuture, ConnInfo, Handler};
+use crate::telemetry::metrics::Metrics;
 
 /// Named readiness conditions; ready when every one holds. Later stages add their own
 /// (e.g. the journal being open) without touching this module.

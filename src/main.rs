@@ -226,28 +226,30 @@ fn main() -> ExitCode {
             admin_listen,
             dir,
         }) => demo(Some(listen), Some(admin_listen), dir),
-        Some(Command::Cert { out, sans }) => match rally_sidecar::cert::generate(&out, &sans) {
-            Ok(paths) => {
-                println!(
-                    "{} {}\nserver certificate: {}\nprivate key:        {}\ntrust it with:      REQUESTS_CA_BUNDLE={} (pyral), NODE_EXTRA_CA_CERTS={} (Node)",
-                    if paths.reused_ca {
-                        "reused CA:"
-                    } else {
-                        "created CA:"
-                    },
-                    paths.ca_cert.display(),
-                    paths.cert.display(),
-                    paths.key.display(),
-                    paths.ca_cert.display(),
-                    paths.ca_cert.display(),
-                );
-                ExitCode::SUCCESS
+        Some(Command::Cert { out, sans }) => {
+            match rally_sidecar::commands::cert::generate(&out, &sans) {
+                Ok(paths) => {
+                    println!(
+                        "{} {}\nserver certificate: {}\nprivate key:        {}\ntrust it with:      REQUESTS_CA_BUNDLE={} (pyral), NODE_EXTRA_CA_CERTS={} (Node)",
+                        if paths.reused_ca {
+                            "reused CA:"
+                        } else {
+                            "created CA:"
+                        },
+                        paths.ca_cert.display(),
+                        paths.cert.display(),
+                        paths.key.display(),
+                        paths.ca_cert.display(),
+                        paths.ca_cert.display(),
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rally-sidecar cert: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("rally-sidecar cert: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }
 
@@ -280,7 +282,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    rally_sidecar::logging::init(&cfg.log);
+    rally_sidecar::telemetry::logging::init(&cfg.log);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -319,7 +321,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             }
         };
     }
-    rally_sidecar::logging::init(&rally_sidecar::config::LogConfig {
+    rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
     });
@@ -407,7 +409,7 @@ fn demo(
     admin: Option<std::net::SocketAddr>,
     dir: Option<PathBuf>,
 ) -> ExitCode {
-    let mut opts = rally_sidecar::demo::DemoOptions::default();
+    let mut opts = rally_sidecar::commands::demo::DemoOptions::default();
     if let Some(l) = listen {
         opts.listen = l;
     }
@@ -417,7 +419,7 @@ fn demo(
     if let Some(d) = dir {
         opts.dir = d;
     }
-    rally_sidecar::logging::init(&rally_sidecar::config::LogConfig {
+    rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
     });
@@ -428,7 +430,7 @@ fn demo(
     rt.block_on(async move {
         let token = tokio_util::sync::CancellationToken::new();
         rally_sidecar::cancel_on_signals(token.clone());
-        match rally_sidecar::demo::run(opts, token).await {
+        match rally_sidecar::commands::demo::run(opts, token).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rally-sidecar demo: {e}");
@@ -524,7 +526,7 @@ fn journal(action: JournalCommand) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         let key = api_key.unwrap_or_default();
-        match rally_sidecar::replay::replay(std::sync::Arc::new(cfg), &j, rows, &key).await {
+        match rally_sidecar::commands::replay::replay(std::sync::Arc::new(cfg), &j, rows, &key).await {
             Ok(done) => {
                 let landed = done.iter().filter(|d| d.state == State::Confirmed).count();
                 for d in &done {
@@ -555,7 +557,7 @@ fn check(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(cred) = rally_sidecar::check::Credential::from_env() else {
+    let Some(cred) = rally_sidecar::commands::check::Credential::from_env() else {
         eprintln!("rally-sidecar check: set RALLY_API_KEY, or RALLY_USERNAME and RALLY_PASSWORD");
         return ExitCode::from(EX_USAGE);
     };
@@ -563,14 +565,16 @@ fn check(
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let report = rt.block_on(rally_sidecar::check::run(&cfg, cred, workspace, projects));
+    let report = rt.block_on(rally_sidecar::commands::check::run(
+        &cfg, cred, workspace, projects,
+    ));
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print!("{}", rally_sidecar::check::render(&report));
+        print!("{}", rally_sidecar::commands::check::render(&report));
     }
     ExitCode::from(report.exit_code)
 }
@@ -599,7 +603,7 @@ fn sweep(serve: ServeArgs, apply: bool, dry_run: bool, json: bool) -> ExitCode {
             .ok()
             .map(|(j, _)| j);
         let cfg = std::sync::Arc::new(cfg);
-        match rally_sidecar::sweep::run(
+        match rally_sidecar::commands::sweep::run(
             cfg,
             journal.as_ref(),
             &key,
@@ -615,12 +619,12 @@ fn sweep(serve: ServeArgs, apply: bool, dry_run: bool, json: bool) -> ExitCode {
                         serde_json::to_string_pretty(&report).unwrap_or_default()
                     );
                 } else {
-                    print!("{}", rally_sidecar::sweep::render(&report));
+                    print!("{}", rally_sidecar::commands::sweep::render(&report));
                 }
                 if report
                     .outcomes
                     .iter()
-                    .any(|(_, o)| matches!(o, rally_sidecar::sweep::Outcome::Failed(_)))
+                    .any(|(_, o)| matches!(o, rally_sidecar::commands::sweep::Outcome::Failed(_)))
                 {
                     ExitCode::from(2)
                 } else {

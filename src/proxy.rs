@@ -27,13 +27,14 @@ use crate::config::Config;
 use crate::error::{ProxyError, rescue};
 use crate::intercept::classify::Operation;
 use crate::intercept::{Interceptor, Outcome};
-use crate::metrics::{Direction, DirectionLabels, Metrics};
 use crate::rally::Rally;
 use crate::rally::governor::Priority;
 use crate::refs;
 use crate::request::RequestCtx;
 use crate::server::{Body, BoxError, BoxFuture, ConnInfo, Handler};
-use crate::{redact, wsapi};
+use crate::telemetry::metrics::{Direction, DirectionLabels, Metrics};
+use crate::telemetry::redact;
+use crate::wsapi;
 use body::{Ending, Observed};
 
 /// Shared state of the forwarding path.
@@ -94,7 +95,7 @@ impl Proxy {
                 span.in_scope(|| tracing::warn!(error = %err, code = err.code(), "answering with a sidecar error"));
                 self.metrics
                     .proxy_errors
-                    .get_or_create(&crate::metrics::ErrorLabels {
+                    .get_or_create(&crate::telemetry::metrics::ErrorLabels {
                         kind: err.code().into(),
                     })
                     .inc();

@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
 use crate::server::{Body, ConnInfo};
+use crate::telemetry::metrics::Metrics;
 use crate::wsapi::SERVICE_ROOT;
 use connect::{Route, UpstreamClient, UpstreamError};
 use credential::{Credential, Fingerprinter};

@@ -1,4 +1,4 @@
-//! One request's context, built once at the edge ([`crate::proxy::Proxy::handle`]) and passed
+//! One request's context, built once at the edge (the proxy's `handle`) and passed
 //! by reference to every phase after it: its id, when it arrived, the connection it came on,
 //! the origin the client used, and the credential it carries. Phases record what the access
 //! log reports at the end (bytes read, time spent waiting on Rally) here rather than passing

@@ -443,7 +443,7 @@ pub async fn replay_all(
             break;
         }
         let n = rows.len();
-        let done = crate::replay::replay(cfg.clone(), j, rows, API_KEY).await?;
+        let done = crate::commands::replay::replay(cfg.clone(), j, rows, API_KEY).await?;
         let confirmed = done.iter().filter(|r| r.state == State::Confirmed).count();
         out.push(ReplayPass {
             rows: n,

@@ -11,7 +11,7 @@ use super::enrich::{self, Enriched, Filled, Sources};
 use super::guard::{self, Verdict};
 use super::{Interceptor, WriteCtx, envelope};
 use crate::config::Mode;
-use crate::metrics::{FillLabels, OpLabels, ReasonLabels, ShadowLabels};
+use crate::telemetry::metrics::{FillLabels, OpLabels, ReasonLabels, ShadowLabels};
 
 /// What happens to one result.
 #[derive(Debug, Clone)]

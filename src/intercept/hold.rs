@@ -14,7 +14,7 @@ use super::enrich::Filled;
 use super::{Interceptor, WriteCtx, answer};
 use crate::confirm::{self, Answer, Expected, Fate, Kind, RawAnswer, ReadBack, Upstream};
 use crate::journal::{NewWrite, Pending, Settled, State};
-use crate::metrics::OutcomeLabels;
+use crate::telemetry::metrics::OutcomeLabels;
 
 /// A result the guard allowed and enrichment completed, ready to be sent.
 pub struct Held {

@@ -70,7 +70,7 @@ pub async fn handle(
         filled,
         decision,
         method: parts.method.clone(),
-        path: crate::redact::path_and_query(
+        path: crate::telemetry::redact::path_and_query(
             parts
                 .uri
                 .path_and_query()

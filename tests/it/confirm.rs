@@ -239,7 +239,7 @@ async fn final_refusals_are_relayed_and_giving_up_is_journaled_then_replayed() {
         .await
         .expect("rows");
     assert_eq!(rows.len(), 1);
-    let done = rally_sidecar::replay::replay(cfg.clone(), &j, rows, "_sim_alice_key")
+    let done = rally_sidecar::commands::replay::replay(cfg.clone(), &j, rows, "_sim_alice_key")
         .await
         .expect("replay");
     assert_eq!(done.len(), 1);
@@ -307,7 +307,7 @@ async fn replay_adopts_a_write_that_had_landed() {
         .list(Some(State::Unconfirmed), vec![], 10)
         .await
         .expect("rows");
-    let done = rally_sidecar::replay::replay(cfg, &j, rows, "_sim_alice_key")
+    let done = rally_sidecar::commands::replay::replay(cfg, &j, rows, "_sim_alice_key")
         .await
         .expect("replay");
     assert!(done[0].adopted, "{done:?}");
@@ -778,7 +778,7 @@ async fn concurrent_replay_writes_a_result_sent_twice_once() {
         .list(Some(State::Unconfirmed), vec![], 10)
         .await
         .expect("rows");
-    let done = rally_sidecar::replay::replay(Arc::new(cfg), &j, rows, ALICE.1)
+    let done = rally_sidecar::commands::replay::replay(Arc::new(cfg), &j, rows, ALICE.1)
         .await
         .expect("replayed");
     assert_eq!(done.len(), 4);

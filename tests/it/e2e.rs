@@ -1,6 +1,6 @@
 //! End-to-end: the real clients — pyral from PyPI and the `rally` toolkit from npm — run
 //! unchanged against the simulator directly and through the sidecar, both over HTTPS with a CA
-//! from `rally_sidecar::cert`. The clients are installed on first use, pinned, into `.e2e/`
+//! from `rally_sidecar::commands::cert`. The clients are installed on first use, pinned, into `.e2e/`
 //! (git-ignored); a lock file serialises that between test processes.
 
 use std::path::{Path, PathBuf};
@@ -168,7 +168,7 @@ impl Stack {
         tweak: impl FnOnce(&mut RawConfig, &mut Overrides),
     ) -> Stack {
         let dir = temp_dir("e2e-tls");
-        let certs = rally_sidecar::cert::generate(&dir, &[]).expect("certs");
+        let certs = rally_sidecar::commands::cert::generate(&dir, &[]).expect("certs");
         let tls = rally_sidecar::tls::server_config(&certs.cert, &certs.key, true).expect("tls");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

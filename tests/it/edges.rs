@@ -58,7 +58,7 @@ async fn https_listener_with_a_cert_from_the_cert_command() {
     );
     // A client that does not trust the CA is refused.
     let other = temp_dir("other-ca");
-    rally_sidecar::cert::generate(&other, &[]).expect("other ca");
+    rally_sidecar::commands::cert::generate(&other, &[]).expect("other ca");
     assert!(
         send_tls(&other.join("ca.pem"), Method::GET, &url, &[], Bytes::new())
             .await
@@ -70,7 +70,7 @@ async fn https_listener_with_a_cert_from_the_cert_command() {
 #[tokio::test]
 async fn upstream_over_tls_with_a_custom_ca() {
     let dir = temp_dir("upstream-ca");
-    let paths = rally_sidecar::cert::generate(&dir, &[]).expect("certs");
+    let paths = rally_sidecar::commands::cert::generate(&dir, &[]).expect("certs");
     let tls =
         rally_sidecar::tls::server_config(&paths.cert, &paths.key, false).expect("server tls");
     let origin = origin(Some(tls)).await;

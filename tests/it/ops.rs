@@ -277,9 +277,10 @@ async fn sweep_dry_run_apply_idempotency_and_journal() {
     };
 
     let now = time::OffsetDateTime::now_utc();
-    let dry = rally_sidecar::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", false, now)
-        .await
-        .expect("dry run");
+    let dry =
+        rally_sidecar::commands::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", false, now)
+            .await
+            .expect("dry run");
     let planned: Vec<_> = dry
         .actions
         .iter()
@@ -303,9 +304,10 @@ async fn sweep_dry_run_apply_idempotency_and_journal() {
     );
     assert_eq!(dry.journal_unresolved.len(), 1);
 
-    let applied = rally_sidecar::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", true, now)
-        .await
-        .expect("apply");
+    let applied =
+        rally_sidecar::commands::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", true, now)
+            .await
+            .expect("apply");
     assert_eq!(
         applied
             .outcomes
@@ -328,9 +330,10 @@ async fn sweep_dry_run_apply_idempotency_and_journal() {
     assert_eq!(verdict_of("recent").0, "In Progress");
     assert_eq!(verdict_of("done").0, "Pass");
 
-    let again = rally_sidecar::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", true, now)
-        .await
-        .expect("again");
+    let again =
+        rally_sidecar::commands::sweep::run(cfg.clone(), Some(&j), "_sim_alice_key", true, now)
+            .await
+            .expect("again");
     assert!(
         again.actions.is_empty() && again.outcomes.is_empty(),
         "two runs, one change"
@@ -476,7 +479,7 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     .expect("dashboard");
     let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     // Label families appear in the exposition once they have a sample: give each one.
-    use rally_sidecar::metrics::*;
+    use rally_sidecar::telemetry::metrics::*;
     let m = Metrics::new();
     m.record_request(&http::Method::GET, StatusCode::OK);
     m.bytes

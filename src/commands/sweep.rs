@@ -110,7 +110,7 @@ pub fn candidate_of(v: &Value) -> Option<Candidate> {
         object_id: v.get("ObjectID")?.as_i64()?,
         test_case: v
             .get("TestCase")
-            .and_then(crate::intercept::envelope::parse_ref)
+            .and_then(crate::wsapi::parse_ref)
             .map(|(_, id)| id),
         build: v.get("Build").and_then(Value::as_str).map(str::to_string),
         verdict: v.get("Verdict")?.as_str()?.to_string(),
@@ -337,7 +337,10 @@ pub async fn run(
         let ws = match &cfg.scope.workspace {
             Some(w) => {
                 let (_, v) = lookups
-                    .get_json(cred, &crate::check::lookup_path("workspace", w, None))
+                    .get_json(
+                        cred,
+                        &crate::commands::check::lookup_path("workspace", w, None),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 let oid = v["QueryResult"]["Results"][0]["ObjectID"].as_i64();
@@ -348,7 +351,7 @@ pub async fn run(
         let mut scopes: Vec<String> = Vec::new();
         for p in &cfg.scope.projects {
             let (_, v) = lookups
-                .get_json(cred, &crate::check::lookup_path("project", p, ws))
+                .get_json(cred, &crate::commands::check::lookup_path("project", p, ws))
                 .await
                 .map_err(|e| e.to_string())?;
             let oid = v["QueryResult"]["Results"][0]["ObjectID"]

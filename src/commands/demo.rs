@@ -31,7 +31,7 @@ impl Default for DemoOptions {
 
 /// Runs the simulator and the sidecar until `shutdown`.
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), String> {
-    let certs = crate::cert::generate(&opts.dir, &[]).map_err(|e| e.to_string())?;
+    let certs = crate::commands::cert::generate(&opts.dir, &[]).map_err(|e| e.to_string())?;
     let tls =
         crate::tls::server_config(&certs.cert, &certs.key, true).map_err(|e| e.to_string())?;
     let sim_listener = TcpListener::bind("127.0.0.1:0")

@@ -1,5 +1,5 @@
 //! Log set-up: tracing with a human or JSON format; `RUST_LOG` wins over `log.level`.
-//! Nothing logs a credential: request paths go through [`crate::redact`] and no code logs
+//! Nothing logs a credential: request paths go through [`crate::telemetry::redact`] and no code logs
 //! request headers or bodies.
 //!
 //! Lines go straight to stderr, one write per line. A background writer thread
