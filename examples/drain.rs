@@ -9,7 +9,7 @@
 //! Exits 1 when a write was lost, stored twice or left pending.
 
 use clap::Parser;
-use rally_sidecar::soak::{self, DrainOptions};
+use rally_sidecar_harness::soak::{self, DrainOptions};
 
 #[derive(Parser)]
 #[command(about = "SIGTERM with many writes held, and memory figures")]

@@ -230,7 +230,7 @@ fn spawn_sidecar(
     let mut lines = std::io::BufReader::new(stderr).lines();
     loop {
         let line = lines.next().expect("sidecar exited").unwrap();
-        if let Some((proxy, _)) = rally_sidecar::soak::ready_addrs(&line) {
+        if let Some((proxy, _)) = rally_sidecar_harness::soak::ready_addrs(&line) {
             let addr = proxy.to_string();
             // Keep draining stderr so the sidecar never blocks on a full pipe.
             std::thread::spawn(move || for _ in lines.by_ref() {});

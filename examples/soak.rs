@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use rally_sidecar::sim::faults::FaultConfig;
-use rally_sidecar::soak::{self, Outage, SoakOptions};
+use rally_sidecar_harness::soak::{self, Outage, SoakOptions};
 
 #[derive(Parser)]
 #[command(about = "Soak, outage and scale runs against the built-in simulator")]

@@ -24,7 +24,6 @@ pub mod request;
 pub mod serve;
 pub mod server;
 pub mod sim;
-pub mod soak;
 pub mod telemetry;
 pub mod tls;
 pub mod wsapi;

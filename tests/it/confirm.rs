@@ -14,7 +14,7 @@ use rally_sidecar::sim::model::Type;
 use rally_sidecar::sim::{SimHandle, SimOptions};
 use serde_json::{Value, json};
 
-use rally_sidecar::soak::{self, Outage, SoakOptions};
+use rally_sidecar_harness::soak::{self, Outage, SoakOptions};
 
 use crate::support::{Sidecar, get, send, simulator, temp_dir};
 

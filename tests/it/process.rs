@@ -59,7 +59,7 @@ impl SidecarProcess {
                 .expect("sidecar started in time")
                 .expect("read stderr")
                 .expect("sidecar exited before it was ready");
-            if let Some((p, a)) = rally_sidecar::soak::ready_addrs(&line) {
+            if let Some((p, a)) = rally_sidecar_harness::soak::ready_addrs(&line) {
                 addr = Some(p);
                 admin = Some(a);
             }
