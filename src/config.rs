@@ -235,6 +235,7 @@ pub struct RawConfig {
     pub journal: RawJournal,
     pub scope: RawScope,
     pub sweep: RawSweep,
+    pub fleet: crate::fleet::config::RawFleet,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.
@@ -250,6 +251,7 @@ const SECTIONS: &[&str] = &[
     "journal",
     "scope",
     "sweep",
+    "fleet",
 ];
 
 /// Values given on the command line; they win over the environment and the file.
@@ -430,6 +432,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub scope: ScopeConfig,
     pub sweep: crate::sweep::SweepConfig,
+    /// Fleet mode (`[fleet]`), off without a database URL.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,
@@ -521,6 +525,7 @@ impl RawConfig {
                     "journal" => decode(section).map(|v| raw.journal = v),
                     "scope" => decode(section).map(|v| raw.scope = v),
                     "sweep" => decode(section).map(|v| raw.sweep = v),
+                    "fleet" => decode(section).map(|v| raw.fleet = v),
                     _ => Ok(()),
                 };
                 if let Err(e) = res {
@@ -931,6 +936,8 @@ impl Config {
                 .map(|i| duration("sweep.interval", Some(i), "1h", e)),
         };
 
+        let fleet = crate::fleet::config::validate(&raw.fleet, upstream.queue_timeout, e);
+
         if errors.is_empty() {
             Ok(Config {
                 listen,
@@ -954,6 +961,7 @@ impl Config {
                         .unwrap_or_default(),
                 },
                 sweep,
+                fleet,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -1233,6 +1241,7 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
         ],
     );
     m.insert("log", vec!["format", "level"]);
+    m.insert("fleet", crate::fleet::config::KEYS.to_vec());
     m.insert(
         "intercept",
         vec!["mode", "max_body", "enrich_updates", "block_status"],

@@ -18,6 +18,7 @@ pub mod confirm;
 pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod governor;
 pub mod intercept;
 pub mod journal;
