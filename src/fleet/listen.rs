@@ -66,7 +66,21 @@ async fn listen_once(shared: &Shared) -> Result<(), String> {
     }
     // Anything sent while we were not listening is lost: tell everyone to look again.
     let _ = shared.notices.send(Notice::Resync);
-    while let Some((channel, payload)) = rx.recv().await {
+    loop {
+        let (channel, payload) = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            // A partition can leave a silent connection: ping it now and then.
+            _ = tokio::time::sleep(shared.cfg.lease) => {
+                let ping = tokio::time::timeout(shared.io_timeout, client.simple_query("")).await;
+                if matches!(ping, Ok(Ok(_))) {
+                    continue;
+                }
+                break;
+            }
+        };
         let notice = if channel == BUDGET_CHANNEL {
             Notice::Budget(payload)
         } else {
