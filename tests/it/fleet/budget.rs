@@ -236,7 +236,9 @@ async fn the_pod_cap_limits_one_pod_below_the_budget() {
 fn a_dead_pods_permits_come_back_when_their_lease_lapses() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let url = rt.block_on(fresh());
-    let cfg = config(&url);
+    let mut cfg = config(&url);
+    // Long enough that the "not yet" check right after the kill has seconds of margin.
+    cfg.lease = Duration::from_secs(3);
     let doomed = Doomed::start(&cfg);
     let budget = doomed.fleet.budget();
     let held = doomed.run(async move {

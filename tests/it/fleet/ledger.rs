@@ -202,7 +202,9 @@ async fn a_dropped_claim_gives_its_rows_back() {
 fn a_dead_pods_pending_writes_go_to_the_replayer_after_its_lease() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let url = rt.block_on(fresh());
-    let cfg = config(&url);
+    let mut cfg = config(&url);
+    // Long enough that the "not yet" check right after the kill has seconds of margin.
+    cfg.lease = Duration::from_secs(3);
     let doomed = Doomed::start(&cfg);
     let ledger = doomed.fleet.ledger();
     let ids: BTreeSet<i64> = doomed.run(async move {
