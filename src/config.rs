@@ -251,6 +251,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub scope: ScopeConfig,
     pub sweep: SweepConfig,
+    /// Fleet mode (`[fleet]`), off without a database URL.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod confirm;
 pub mod error;
+pub mod fleet;
 pub mod intercept;
 pub mod journal;
 pub mod proxy;

@@ -184,6 +184,7 @@ pub struct RawConfig {
     pub journal: RawJournal,
     pub scope: RawScope,
     pub sweep: RawSweep,
+    pub fleet: crate::fleet::config::RawFleet,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.
@@ -199,6 +200,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "journal",
     "scope",
     "sweep",
+    "fleet",
 ];
 
 /// Values given on the command line; they win over the environment and the file.
@@ -249,6 +251,7 @@ impl RawConfig {
                     "journal" => decode(section).map(|v| raw.journal = v),
                     "scope" => decode(section).map(|v| raw.scope = v),
                     "sweep" => decode(section).map(|v| raw.sweep = v),
+                    "fleet" => decode(section).map(|v| raw.fleet = v),
                     _ => Ok(()),
                 };
                 if let Err(e) = res {

@@ -277,6 +277,8 @@ impl Config {
                 .map(|i| duration("sweep.interval", Some(i), "1h", e)),
         };
 
+        let fleet = crate::fleet::config::validate(&raw.fleet, upstream.queue_timeout, e);
+
         if errors.is_empty() {
             Ok(Config {
                 listen,
@@ -300,6 +302,7 @@ impl Config {
                         .unwrap_or_default(),
                 },
                 sweep,
+                fleet,
             })
         } else {
             Err(ConfigErrors(errors))
