@@ -232,7 +232,9 @@ impl Admin {
                 crate::journal::State::Unconfirmed | crate::journal::State::Pending => {
                     " class=\"alert\""
                 }
-                crate::journal::State::Rejected => " class=\"rejected\"",
+                crate::journal::State::Rejected | crate::journal::State::Refused => {
+                    " class=\"rejected\""
+                }
                 crate::journal::State::Confirmed => "",
             };
             table.push_str(&format!(

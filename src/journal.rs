@@ -9,13 +9,24 @@
 //!   `unconfirmed`, never dropped;
 //! - only `confirmed` rows are pruned (by age and count).
 //!
-//! Record (table `writes`): id, request_id, received_at, updated_at, credential (fingerprint,
-//! never the credential), operation (create/update), target (test case or result ObjectID),
-//! path (redacted), body (the enriched JSON sent), state, attempts, last_error, object_id, and
-//! for the status page test_case, build, verdict, filled, decision, latency_ms.
+//! - a write the sidecar refused (archived test case, no build, bad body) is recorded as
+//!   `refused` with its reason; it was never forwarded;
+//! - only a live owner's absence makes a `pending` row `unconfirmed`: while a sidecar owns the
+//!   journal ([`owner`]), inspecting changes nothing and recovery does not run.
 //!
-//! The file uses WAL with `synchronous = NORMAL`: a committed row survives the sidecar being
-//! killed; an operating-system crash may lose the last transactions (docs/confirmation.md).
+//! Record (table `writes`, [`schema`]): id, request_id, received_at, updated_at, credential (the
+//! writer's digest under the journal's own secret, never the credential), the writer's Rally
+//! user once resolved, operation (create/update), target (test case or result ObjectID), path
+//! (redacted), body (the enriched JSON sent), state, attempts, last_error, object_id, and for
+//! people test_case, formatted_id, build, verdict, filled, decision, latency_ms.
+//!
+//! The file uses WAL with `synchronous = FULL`: a row committed before its write is forwarded
+//! is on disk when the write leaves, so neither a killed process nor a power loss can lose a
+//! forwarded write's row (docs/confirmation.md has the measured cost). It is created 0600: it
+//! holds result bodies and Notes.
+
+pub mod owner;
+mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +42,8 @@ pub enum State {
     Confirmed,
     Rejected,
     Unconfirmed,
+    /// Refused by the sidecar (never forwarded).
+    Refused,
 }
 
 impl State {
@@ -40,6 +53,7 @@ impl State {
             State::Confirmed => "confirmed",
             State::Rejected => "rejected",
             State::Unconfirmed => "unconfirmed",
+            State::Refused => "refused",
         }
     }
 
@@ -49,6 +63,7 @@ impl State {
             "confirmed" => Some(State::Confirmed),
             "rejected" => Some(State::Rejected),
             "unconfirmed" => Some(State::Unconfirmed),
+            "refused" => Some(State::Refused),
             _ => None,
         }
     }
@@ -59,7 +74,12 @@ impl State {
 pub struct NewWrite {
     pub request_id: String,
     pub received_at: String,
+    /// The writer's digest ([`Journal::writer_secret`]).
     pub credential: String,
+    /// The writer's Rally user (`/user/<oid>`) and UserName, once resolved.
+    pub rally_user: Option<String>,
+    pub rally_user_name: Option<String>,
+    pub formatted_id: Option<String>,
     pub operation: String,
     pub target: Option<String>,
     pub path: String,
@@ -79,6 +99,8 @@ pub struct Row {
     pub received_at: String,
     pub updated_at: String,
     pub credential: String,
+    pub rally_user: Option<String>,
+    pub rally_user_name: Option<String>,
     pub operation: String,
     pub target: Option<String>,
     pub path: String,
@@ -88,6 +110,7 @@ pub struct Row {
     pub last_error: Option<String>,
     pub object_id: Option<i64>,
     pub test_case: Option<String>,
+    pub formatted_id: Option<String>,
     pub build: Option<String>,
     pub verdict: Option<String>,
     pub filled: Option<String>,
@@ -104,6 +127,10 @@ pub enum JournalError {
     },
     #[error("journal task failed: {0}")]
     Task(String),
+    #[error(
+        "journal {path} is owned by a live {owner}; stop it first (or point this one at another journal.path)"
+    )]
+    Owned { path: String, owner: owner::Owner },
 }
 
 /// The journal; cheap to clone.
@@ -111,41 +138,86 @@ pub enum JournalError {
 pub struct Journal {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    secret: [u8; 32],
+    /// The owner lease this handle holds (`serve`), if any.
+    instance: Option<String>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS writes (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id  TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    credential  TEXT NOT NULL,
-    operation   TEXT NOT NULL,
-    target      TEXT,
-    path        TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'rejected', 'unconfirmed')),
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    object_id   INTEGER,
-    test_case   TEXT,
-    build       TEXT,
-    verdict     TEXT,
-    filled      TEXT,
-    decision    TEXT,
-    latency_ms  REAL
-);
-CREATE INDEX IF NOT EXISTS writes_by_state ON writes (state, received_at);
-";
+/// What [`Journal::recover_unowned`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// No live sidecar owned the journal: this many pending rows became unconfirmed.
+    Recovered(usize),
+    /// A live sidecar owns it: its pending rows are writes it is holding; nothing changed.
+    Owned(owner::Owner),
+}
 
-fn now() -> String {
+const COLUMNS: &str = "id, request_id, received_at, updated_at, credential, rally_user, rally_user_name, \
+    operation, target, path, body, state, attempts, last_error, object_id, test_case, formatted_id, build, \
+    verdict, filled, decision, latency_ms";
+
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let state: String = r.get(11)?;
+    Ok(Row {
+        id: r.get(0)?,
+        request_id: r.get(1)?,
+        received_at: r.get(2)?,
+        updated_at: r.get(3)?,
+        credential: r.get(4)?,
+        rally_user: r.get(5)?,
+        rally_user_name: r.get(6)?,
+        operation: r.get(7)?,
+        target: r.get(8)?,
+        path: r.get(9)?,
+        body: r.get(10)?,
+        state: State::parse(&state).unwrap_or(State::Unconfirmed),
+        attempts: r.get(12)?,
+        last_error: r.get(13)?,
+        object_id: r.get(14)?,
+        test_case: r.get(15)?,
+        formatted_id: r.get(16)?,
+        build: r.get(17)?,
+        verdict: r.get(18)?,
+        filled: r.get(19)?,
+        decision: r.get(20)?,
+        latency_ms: r.get(21)?,
+    })
+}
+
+fn insert_row(c: &Connection, w: &NewWrite, state: State) -> rusqlite::Result<i64> {
+    c.execute(
+        "INSERT INTO writes (request_id, received_at, updated_at, credential, rally_user, rally_user_name, operation,
+                             target, path, body, state, last_error, test_case, formatted_id, build, verdict, filled, decision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        params![w.request_id, w.received_at, now(), w.credential, w.rally_user, w.rally_user_name, w.operation,
+                w.target, w.path, w.body, state.as_str(), Option::<String>::None, w.test_case, w.formatted_id, w.build,
+                w.verdict, w.filled, w.decision],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
+/// Creates the file readable and writable by its owner only (it holds result bodies and
+/// Notes); an existing file keeps its mode. SQLite gives its -wal and -shm files the same mode.
+fn create_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+}
+
+pub(crate) fn now() -> String {
     crate::wsapi::format_date(time::OffsetDateTime::now_utc())
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal at `path` and recovers rows left pending.
-    /// Returns the journal and how many pending rows were found and marked unconfirmed.
-    pub fn open(path: &Path) -> Result<(Journal, usize), JournalError> {
+    /// Opens (creating if needed, 0600) the journal at `path` to read and record, migrating an
+    /// older file. Changes no row: this is how the operator's commands open it.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let err = |source| JournalError::Sqlite {
             path: path.display().to_string(),
             source,
@@ -153,33 +225,122 @@ impl Journal {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
+        create_private(path);
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        let recovered = conn
-            .execute(
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        schema::migrate(&mut conn).map_err(err)?;
+        let secret = schema::writer_secret(&conn).map_err(err)?;
+        Ok(Journal {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            secret,
+            instance: None,
+        })
+    }
+
+    /// Opens the journal for a running sidecar: takes the owner lease (waiting up to one lease
+    /// for a previous owner that is stopping), then marks the rows a previous run left pending
+    /// as unconfirmed. Returns the journal and how many rows that recovered.
+    pub async fn own(path: &Path) -> Result<(Journal, usize), JournalError> {
+        let mut journal = Journal::open(path)?;
+        let me = owner::this_process(&uuid::Uuid::new_v4().to_string());
+        let deadline = tokio::time::Instant::now() + owner::LEASE + owner::HEARTBEAT;
+        loop {
+            let claimed = {
+                let me = me.clone();
+                journal.with_mut(move |c| owner::claim(c, &me)).await?
+            };
+            match claimed {
+                None => break,
+                Some(other) if tokio::time::Instant::now() >= deadline => {
+                    return Err(JournalError::Owned {
+                        path: path.display().to_string(),
+                        owner: other,
+                    });
+                }
+                Some(other) => {
+                    tracing::warn!(%other, "the journal is owned by another sidecar; waiting for its lease to end");
+                    tokio::time::sleep(owner::HEARTBEAT).await;
+                }
+            }
+        }
+        journal.instance = Some(me.instance);
+        let recovered = journal.recover_pending().await?;
+        Ok((journal, recovered))
+    }
+
+    /// For the commands that act (`journal replay`, `sweep`): when no live sidecar owns the
+    /// journal, rows left pending by a stopped one become unconfirmed; otherwise nothing
+    /// changes and the owner is returned.
+    pub async fn recover_unowned(&self) -> Result<Recovery, JournalError> {
+        let owned = self.with(|c| owner::live_other(c, None)).await?;
+        match owned {
+            Some(o) => Ok(Recovery::Owned(o)),
+            None => Ok(Recovery::Recovered(self.recover_pending().await?)),
+        }
+    }
+
+    /// The live sidecar that owns the journal, if any (other than this handle).
+    pub async fn live_owner(&self) -> Result<Option<owner::Owner>, JournalError> {
+        let me = self.instance.clone();
+        self.with(move |c| owner::live_other(c, me.as_deref()))
+            .await
+    }
+
+    /// Renews this handle's lease; false if another sidecar has taken the journal over.
+    pub async fn heartbeat(&self) -> Result<bool, JournalError> {
+        let Some(me) = self.instance.clone() else {
+            return Ok(false);
+        };
+        self.with(move |c| owner::heartbeat(c, &me)).await
+    }
+
+    /// Gives the lease up (at the end of a clean stop).
+    pub async fn release(&self) -> Result<(), JournalError> {
+        let Some(me) = self.instance.clone() else {
+            return Ok(());
+        };
+        self.with(move |c| owner::release(c, &me)).await
+    }
+
+    async fn recover_pending(&self) -> Result<usize, JournalError> {
+        self.with(|c| {
+            c.execute(
                 "UPDATE writes SET state = 'unconfirmed', updated_at = ?1,
                  last_error = COALESCE(last_error || '; ', '') || 'the sidecar stopped before the outcome was known'
                  WHERE state = 'pending'",
                 params![now()],
             )
-            .map_err(err)?;
-        Ok((
-            Journal {
-                conn: Arc::new(Mutex::new(conn)),
-                path: path.to_path_buf(),
-            },
-            recovered,
-        ))
+        })
+        .await
+    }
+
+    /// The secret writer digests are keyed with (kept in the file).
+    pub fn writer_secret(&self) -> [u8; 32] {
+        self.secret
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    async fn with_mut<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let conn = self.conn.clone();
+        let path = self.path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c).map_err(|source| JournalError::Sqlite { path, source })
+        })
+        .await
+        .map_err(|e| JournalError::Task(e.to_string()))?
     }
 
     async fn with<T: Send + 'static>(
@@ -198,15 +359,41 @@ impl Journal {
 
     /// Records a write as pending; returns its id.
     pub async fn insert(&self, w: NewWrite) -> Result<i64, JournalError> {
+        self.with(move |c| insert_row(c, &w, State::Pending)).await
+    }
+
+    /// Records writes as pending in one transaction: all of them, or none (a batch's rows).
+    pub async fn begin_all(&self, ws: Vec<NewWrite>) -> Result<Vec<Pending>, JournalError> {
+        let ids = self
+            .with_mut(move |c| {
+                let tx = c.transaction()?;
+                let mut ids = Vec::with_capacity(ws.len());
+                for w in &ws {
+                    ids.push(insert_row(&tx, w, State::Pending)?);
+                }
+                tx.commit()?;
+                Ok(ids)
+            })
+            .await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Pending {
+                journal: self.clone(),
+                id,
+                open: true,
+            })
+            .collect())
+    }
+
+    /// Records a write the sidecar refused (never forwarded), with the reason.
+    pub async fn record_refusal(&self, w: NewWrite, reason: String) -> Result<i64, JournalError> {
         self.with(move |c| {
+            let id = insert_row(c, &w, State::Refused)?;
             c.execute(
-                "INSERT INTO writes (request_id, received_at, updated_at, credential, operation, target, path, body, state,
-                                     test_case, build, verdict, filled, decision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, ?12, ?13)",
-                params![w.request_id, w.received_at, now(), w.credential, w.operation, w.target, w.path, w.body,
-                        w.test_case, w.build, w.verdict, w.filled, w.decision],
+                "UPDATE writes SET last_error = ?2 WHERE id = ?1",
+                params![id, reason],
             )?;
-            Ok(c.last_insert_rowid())
+            Ok(id)
         })
         .await
     }
@@ -273,16 +460,19 @@ impl Journal {
         limit: usize,
     ) -> Result<Vec<Row>, JournalError> {
         self.with(move |c| {
-            let mut sql = String::from(
-                "SELECT id, request_id, received_at, updated_at, credential, operation, target, path, body, state, attempts,
-                        last_error, object_id, test_case, build, verdict, filled, decision, latency_ms FROM writes",
-            );
+            let mut sql = format!("SELECT {COLUMNS} FROM writes");
             let mut clauses = Vec::new();
             if let Some(s) = state {
                 clauses.push(format!("state = '{}'", s.as_str()));
             }
             if !ids.is_empty() {
-                clauses.push(format!("id IN ({})", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")));
+                clauses.push(format!(
+                    "id IN ({})",
+                    ids.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
             }
             if !clauses.is_empty() {
                 sql.push_str(" WHERE ");
@@ -290,30 +480,7 @@ impl Journal {
             }
             sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
             let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map([], |r| {
-                let state: String = r.get(9)?;
-                Ok(Row {
-                    id: r.get(0)?,
-                    request_id: r.get(1)?,
-                    received_at: r.get(2)?,
-                    updated_at: r.get(3)?,
-                    credential: r.get(4)?,
-                    operation: r.get(5)?,
-                    target: r.get(6)?,
-                    path: r.get(7)?,
-                    body: r.get(8)?,
-                    state: State::parse(&state).unwrap_or(State::Unconfirmed),
-                    attempts: r.get(10)?,
-                    last_error: r.get(11)?,
-                    object_id: r.get(12)?,
-                    test_case: r.get(13)?,
-                    build: r.get(14)?,
-                    verdict: r.get(15)?,
-                    filled: r.get(16)?,
-                    decision: r.get(17)?,
-                    latency_ms: r.get(18)?,
-                })
-            })?;
+            let rows = stmt.query_map([], row_of)?;
             rows.collect()
         })
         .await
@@ -480,7 +647,7 @@ mod tests {
     #[tokio::test]
     async fn behaves_like_its_model_across_a_crash() {
         let path = temp();
-        let (j, recovered) = Journal::open(&path).expect("open");
+        let (j, recovered) = Journal::own(&path).await.expect("open");
         assert_eq!(recovered, 0);
         let mut model = std::collections::BTreeMap::new();
         for n in 0..20 {
@@ -506,9 +673,29 @@ mod tests {
         j.settle(ids[1], State::Confirmed, 1, None, None, None)
             .await
             .expect("settle");
+        // While the owner lives, inspecting changes nothing and recovery does not run.
+        let inspector = Journal::open(&path).expect("inspect");
+        assert!(matches!(
+            inspector.recover_unowned().await.expect("recover"),
+            Recovery::Owned(_)
+        ));
+        assert_eq!(
+            inspector
+                .list(Some(State::Pending), vec![], 100)
+                .await
+                .expect("list")
+                .len(),
+            5,
+            "the owner's pending rows are untouched"
+        );
+        j.release().await.expect("release");
         drop(j);
-        let (j, recovered) = Journal::open(&path).expect("reopen");
-        assert_eq!(recovered, 5, "pending rows found at start");
+        let j = Journal::open(&path).expect("reopen");
+        assert_eq!(
+            j.recover_unowned().await.expect("recover"),
+            Recovery::Recovered(5),
+            "pending rows found once no sidecar owns the journal"
+        );
         for (id, s) in model.iter_mut() {
             if *s == State::Pending {
                 *s = State::Unconfirmed;
@@ -542,5 +729,75 @@ mod tests {
         assert_eq!(pruned, 5, "6 confirmed, keep 1");
         assert_eq!(j.backlog().await.expect("backlog"), 9);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_v1_file_is_migrated_and_the_file_is_private() {
+        let path = temp();
+        {
+            let c = Connection::open(&path).expect("v1");
+            c.execute_batch(
+                "CREATE TABLE writes (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,
+                 received_at TEXT NOT NULL, updated_at TEXT NOT NULL, credential TEXT NOT NULL,
+                 operation TEXT NOT NULL, target TEXT, path TEXT NOT NULL, body TEXT NOT NULL,
+                 state TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'rejected', 'unconfirmed')),
+                 attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, object_id INTEGER, test_case TEXT,
+                 build TEXT, verdict TEXT, filled TEXT, decision TEXT, latency_ms REAL);
+                 INSERT INTO writes (request_id, received_at, updated_at, credential, operation, path, body, state, build)
+                 VALUES ('r', 't', 't', 'fp', 'create', '/p', '{}', 'unconfirmed', 'old');",
+            )
+            .expect("v1 rows");
+        }
+        let j = Journal::open(&path).expect("migrated");
+        let rows = j.list(None, vec![], 10).await.expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].build.as_deref(), Some("old"));
+        assert_eq!(rows[0].rally_user, None);
+        let id = j
+            .record_refusal(write(1), "archived".into())
+            .await
+            .expect("refused rows fit the new schema");
+        assert_eq!(j.state_of(id).await.expect("state"), Some(State::Refused));
+        let secret = j.writer_secret();
+        drop(j);
+        assert_eq!(
+            Journal::open(&path).expect("again").writer_secret(),
+            secret,
+            "the writer secret is kept with the file"
+        );
+        let fresh = temp();
+        let _ = Journal::open(&fresh).expect("new file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&fresh)
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "the journal is private to its owner");
+        }
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&fresh);
+    }
+
+    #[tokio::test]
+    async fn a_batchs_rows_are_all_or_nothing() {
+        let j = Journal::open(&temp()).expect("open");
+        let ok = j
+            .begin_all(vec![write(1), write(2)])
+            .await
+            .expect("two rows");
+        assert_eq!(ok.len(), 2);
+        drop(ok);
+        // A failure on the second row (a trigger stands in for a full disk) fails them all.
+        j.with(|c| c.execute_batch("CREATE TRIGGER no_third BEFORE INSERT ON writes WHEN (SELECT COUNT(*) FROM writes) >= 3 BEGIN SELECT RAISE(ABORT, 'full'); END;"))
+            .await
+            .expect("trigger");
+        assert!(j.begin_all(vec![write(3), write(4)]).await.is_err());
+        assert_eq!(
+            j.list(None, vec![], 10).await.expect("rows").len(),
+            2,
+            "the batch that could not be recorded whole left no row"
+        );
     }
 }

@@ -486,7 +486,7 @@ fn journal(action: JournalCommand) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let (j, _) = match Journal::open(&cfg.journal.path) {
+        let j = match Journal::open(&cfg.journal.path) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("rally-sidecar journal: {e}");
@@ -599,9 +599,7 @@ fn sweep(serve: ServeArgs, apply: bool, dry_run: bool, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let journal = rally_sidecar::journal::Journal::open(&cfg.journal.path)
-            .ok()
-            .map(|(j, _)| j);
+        let journal = rally_sidecar::journal::Journal::open(&cfg.journal.path).ok();
         let cfg = std::sync::Arc::new(cfg);
         match rally_sidecar::commands::sweep::run(
             cfg,

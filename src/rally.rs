@@ -87,6 +87,13 @@ impl Rally {
         ))
     }
 
+    /// Names writers with digests keyed by `key` (the journal's secret) instead of a key of
+    /// this process's own.
+    pub fn with_writer_key(mut self, key: [u8; 32]) -> Rally {
+        self.fingerprints = Fingerprinter::with_key(key);
+        self
+    }
+
     /// The client a command uses (`check`, `sweep`, `journal replay`): its own metrics and
     /// health, nothing shared with a running sidecar.
     pub fn standalone(cfg: &Config) -> Result<(Arc<Rally>, Route), UpstreamError> {

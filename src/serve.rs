@@ -117,17 +117,13 @@ pub async fn run_with(
         )?),
         None => None,
     };
-    let (rally, route) = rally::Rally::new(config.clone(), metrics.clone(), health.clone())?;
-    let rally = Arc::new(rally);
     // The journal must be open before any write is accepted; /readyz waits for it.
     readiness.set("journal", false, "opening");
     let journal = if config.confirm.enabled {
         let path = config.journal.path.clone();
-        let (journal, recovered) =
-            tokio::task::spawn_blocking(move || crate::journal::Journal::open(&path))
-                .await
-                .map_err(|e| RunError::Setup(e.to_string()))?
-                .map_err(|e| RunError::Setup(e.to_string()))?;
+        let (journal, recovered) = crate::journal::Journal::own(&path)
+            .await
+            .map_err(|e| RunError::Setup(e.to_string()))?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,
@@ -145,6 +141,14 @@ pub async fn run_with(
         readiness.set("journal", true, "disabled (confirm.enabled = false)");
         None
     };
+    // Writers are named by a digest keyed with the journal's own secret, so a digest in a row
+    // means the same credential to every process that opens the file.
+    let writer_key = journal.as_ref().map(|j| j.writer_secret());
+    let (rally, route) = rally::Rally::new(config.clone(), metrics.clone(), health.clone())?;
+    let rally = Arc::new(match writer_key {
+        Some(k) => rally.with_writer_key(k),
+        None => rally,
+    });
     readiness.set("upstream_tls", true, "upstream TLS configuration loaded");
     let rule_fields: Vec<String> = config.guard.rules.iter().map(|r| r.field.clone()).collect();
     let lookups = Arc::new(rally::lookups::Lookups::new(
@@ -269,6 +273,7 @@ pub async fn run_with(
             shutdown.clone(),
         ))
     });
+    let heart = journal.clone().map(|j| tokio::spawn(heartbeat(j)));
     let watcher = tokio::spawn(watch_upstream(
         rally.clone(),
         health.clone(),
@@ -296,6 +301,14 @@ pub async fn run_with(
             cut,
             "connections cut at the end of the shutdown grace period"
         );
+    }
+    if let Some(h) = heart {
+        h.abort();
+    }
+    if let Some(j) = &journal
+        && let Err(e) = j.release().await
+    {
+        tracing::warn!(error = %e, "cannot release the journal's owner lease; it lapses by itself");
     }
     admin_token.cancel();
     let _ = admin_task.await;
@@ -359,6 +372,24 @@ async fn watch_upstream(
             was_ready = ready;
         }
         readiness.set("upstream", ready, detail);
+    }
+}
+
+/// Renews the journal's owner lease until aborted (after the drain, so held writes stay owned
+/// to the end).
+async fn heartbeat(journal: journal::Journal) {
+    let mut tick = tokio::time::interval(journal::owner::HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match journal.heartbeat().await {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                journal = %journal.path().display(),
+                "another sidecar has taken this journal over; two sidecars must not share one journal.path"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot renew the journal's owner lease"),
+        }
     }
 }
 

@@ -219,9 +219,7 @@ pub async fn journal_view(j: &Journal) -> Result<(HashMap<i64, State>, HashSet<S
 }
 
 pub fn open_journal(path: &Path) -> Result<Journal, String> {
-    Journal::open(path)
-        .map(|(j, _)| j)
-        .map_err(|e| e.to_string())
+    Journal::open(path).map_err(|e| e.to_string())
 }
 
 /// Replays the journal's unconfirmed rows up to `passes` times (until none is left).

@@ -64,16 +64,18 @@ pub async fn handle(
         });
     }
     // Record the result entries before anything is sent.
-    let mut rows: Vec<Pending> = Vec::new();
-    if let Some(j) = journal {
-        for (_, held) in &plan.held {
-            rows.push(j.begin(held.record(w)).await.map_err(|err| {
+    // All of a batch's rows, or none: a batch answered "nothing was forwarded" leaves no row.
+    let rows: Vec<Pending> = match journal {
+        Some(j) => j
+            .begin_all(plan.held.iter().map(|(_, h)| h.record(w)).collect())
+            .await
+            .map_err(|err| {
                 ProxyError::Overloaded(format!(
-                    "the journal cannot record the write ({err}); nothing was forwarded"
+                    "the journal cannot record the batch ({err}); nothing was forwarded"
                 ))
-            })?);
-        }
-    }
+            })?,
+        None => Vec::new(),
+    };
     let template = parts.headers.clone();
     let query = parts.uri.query().map(str::to_string);
     let mut first = First::NotSent;

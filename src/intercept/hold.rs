@@ -51,6 +51,9 @@ impl Held {
             request_id: w.req.id.clone(),
             received_at: w.req.received_at.clone(),
             credential: w.cred.fingerprint().to_string(),
+            rally_user: None,
+            rally_user_name: None,
+            formatted_id: None,
             operation: self.operation.to_string(),
             target: self
                 .result_id

@@ -44,6 +44,12 @@ impl Fingerprinter {
         Fingerprinter { key }
     }
 
+    /// Digests keyed by `key`: the journal's secret, so that they mean the same credential in
+    /// every process that opens the journal.
+    pub fn with_key(key: [u8; 32]) -> Self {
+        Fingerprinter { key }
+    }
+
     /// Extracts the credential a request carries: `ZSESSIONID` (API key or OAuth token), basic
     /// `Authorization`, or the SSO session cookie `ZSESSIONID`. Returns `None` for
     /// an anonymous request.

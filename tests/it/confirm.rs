@@ -76,7 +76,7 @@ async fn write(sidecar: &Sidecar, build: &str) -> crate::support::Answer {
 }
 
 async fn journal_state(path: &std::path::Path, id: &str) -> Option<State> {
-    let (j, _) = Journal::open(path).expect("journal");
+    let j = Journal::open(path).expect("journal");
     j.state_of(id.parse().expect("id")).await.expect("state")
 }
 
@@ -233,7 +233,7 @@ async fn final_refusals_are_relayed_and_giving_up_is_journaled_then_replayed() {
         )
         .expect("cfg")
     });
-    let (j, _) = Journal::open(&journal).expect("journal");
+    let j = Journal::open(&journal).expect("journal");
     let rows = j
         .list(Some(State::Unconfirmed), vec![], 100)
         .await
@@ -259,7 +259,7 @@ async fn final_refusals_are_relayed_and_giving_up_is_journaled_then_replayed() {
 async fn replay_adopts_a_write_that_had_landed() {
     let sim = simulator(SimOptions::default()).await;
     let journal = temp_dir("replay").join("j.sqlite");
-    let (j, _) = Journal::open(&journal).expect("journal");
+    let j = Journal::open(&journal).expect("journal");
     // The write landed in Rally, but the sidecar never learnt it.
     let body = json!({"TestCaseResult": {"TestCase": "/testcase/1031", "Build": "landed", "Date": "2026-03-03T03:03:03.000Z", "Verdict": "Pass"}});
     send(
@@ -320,7 +320,7 @@ async fn pending_rows_left_by_a_crash_are_reported_and_marked_at_start() {
     let sim = simulator(SimOptions::default()).await;
     let journal = temp_dir("crash").join("j.sqlite");
     {
-        let (j, _) = Journal::open(&journal).expect("journal");
+        let j = Journal::open(&journal).expect("journal");
         for n in 0..3 {
             j.insert(NewWrite {
                 request_id: format!("r{n}"),
@@ -341,7 +341,7 @@ async fn pending_rows_left_by_a_crash_are_reported_and_marked_at_start() {
     let ready = get(&format!("http://{}/readyz", sidecar.admin), &[]).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert!(ready.text().contains("backlog 3"), "{}", ready.text());
-    let (j, _) = Journal::open(&journal).expect("journal");
+    let j = Journal::open(&journal).expect("journal");
     let rows = j.list(None, vec![], 10).await.expect("rows");
     assert!(
         rows.iter().all(|r| r.state == State::Unconfirmed),
@@ -383,7 +383,7 @@ async fn shutdown_answers_every_held_write_and_journals_it() {
         assert!(a.text().contains("shutting down"), "{}", a.text());
     }
     let _ = sidecar.task.await;
-    let (j, _) = Journal::open(&journal).expect("journal");
+    let j = Journal::open(&journal).expect("journal");
     let rows = j.list(None, vec![], 10).await.expect("rows");
     assert_eq!(rows.len(), 5);
     assert!(
@@ -610,7 +610,7 @@ async fn batch_entries_are_confirmed_one_by_one() {
         results[2]["Object"]["FormattedID"], "TC35",
         "the read entry is Rally's"
     );
-    let (j, _) = Journal::open(&journal).expect("journal");
+    let j = Journal::open(&journal).expect("journal");
     let rows = j.list(None, vec![], 10).await.expect("rows");
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.state == State::Confirmed), "{rows:?}");
@@ -623,7 +623,7 @@ async fn journal_commands_list_and_replay() {
     let sim = simulator(SimOptions::default()).await;
     let path = temp_dir("cli").join("j.sqlite");
     {
-        let (j, _) = Journal::open(&path).expect("journal");
+        let j = Journal::open(&path).expect("journal");
         let body = json!({"TestCaseResult": {"TestCase": "/testcase/1036", "Build": "cli", "Date": "2026-05-05T05:05:05.000Z", "Verdict": "Pass"}});
         let id = j
             .insert(NewWrite {
@@ -746,7 +746,7 @@ async fn sigterm_with_500_writes_held_answers_and_journals_each() {
 async fn concurrent_replay_writes_a_result_sent_twice_once() {
     let sim = simulator(SimOptions::default()).await;
     let path = temp_dir("replay-twice").join("j.sqlite");
-    let (j, _) = Journal::open(&path).expect("journal");
+    let j = Journal::open(&path).expect("journal");
     for build in ["twice", "twice", "other-1", "other-2"] {
         let body = json!({"TestCaseResult": {"TestCase": "/testcase/1037", "Build": build, "Date": "2026-05-05T05:05:05.000Z", "Verdict": "Pass"}});
         let id = j

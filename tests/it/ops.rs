@@ -225,7 +225,7 @@ async fn sweep_dry_run_apply_idempotency_and_journal() {
     .await;
     let dir = crate::support::temp_dir("sweep");
     let journal_path = dir.join("j.sqlite");
-    let (j, _) = Journal::open(&journal_path).expect("journal");
+    let j = Journal::open(&journal_path).expect("journal");
     // An unconfirmed write that did land, and one that did not.
     for (build, verdict) in [("landed-j", "Pass"), ("never-landed", "Pass")] {
         let body = json!({"TestCaseResult": {"TestCase": "/testcase/1005", "Build": build, "Date": "2020-02-02T00:00:00.000Z", "Verdict": verdict}});
