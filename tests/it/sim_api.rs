@@ -1,4 +1,10 @@
-//! The simulator, checked over HTTP against the behaviours of ../shared/rally-wsapi.md.
+//! The simulator, checked over HTTP against the behaviours docs/simulator.md describes. The
+//! round-2 behaviours of issue 11 have a module each: routing (versions, types, nested
+//! objects), answers (batch shape, wordings, value types), sessions (cookies, fault profile).
+
+mod answers;
+mod routing;
+mod sessions;
 
 use std::time::Duration;
 
