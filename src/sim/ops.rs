@@ -69,7 +69,8 @@ pub fn read(store: &Store, ctx: &Ctx, ty: Type, id: &str) -> Done {
     match found {
         Some(obj) => {
             let r = ctx.renderer(store);
-            // A by-OID read without fetch returns the full object (rally-wsapi.md §5.1).
+            // A by-OID read without fetch returns the full object, as the captures show
+            // (docs/simulator.md, "Known differences" 4).
             let fetch = match ctx.param("fetch") {
                 None => Fetch::All,
                 Some(_) => ctx.fetch(),

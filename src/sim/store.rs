@@ -245,7 +245,7 @@ impl Store {
 
     /// Recomputes LastVerdict/LastBuild/LastRun/LastResult of a TestCase from its results:
     /// the result with the latest Date wins (ties: the later created). Which result Rally
-    /// uses is uncertain (rally-wsapi.md §17.5); docs/simulator.md says so.
+    /// uses is not documented; docs/simulator.md lists this among the known differences.
     pub fn update_rollup(&mut self, tc: i64) {
         let latest = self
             .objects

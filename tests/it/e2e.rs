@@ -14,7 +14,7 @@ use rally_sidecar::sim::{self, SimHandle, SimOptions};
 
 use crate::support::{Sidecar, temp_dir};
 
-/// pyral for the machine's Python 3.11 (1.7.0 needs 3.12; see rally-wsapi.md's note).
+/// pyral for the machine's Python 3.11 (1.7.0 needs 3.12; see docs/simulator.md, "Running it").
 const PYRAL_311: &str = "pyral==1.6.0";
 /// pyral on Python >= 3.12.
 const PYRAL_312: &str = "pyral==1.7.0";
