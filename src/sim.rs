@@ -1,13 +1,12 @@
 //! A stand-in for Rally's WSAPI v2.0 (and `v2.x`), judged against the facts and sources in
-//! docs/simulator.md: used by every test of this project, by `rally-sidecar simulate`, by
-//! `rally-sidecar demo`, and by users' own CI. It depends only on the WSAPI vocabulary
-//! ([`crate::wsapi`]) and the shared server plumbing; nothing on the proxy path imports it.
-//!
-//! This file owns the public face — options, statistics, the shared [`Simulator`] and how it is
-//! started. One request goes through `pipeline` (authenticate in `auth`, wait for a slot under
-//! the per-user cap, simulated latency, route in `route`, run an operation from `ops`/`write`
-//! with the rules of `rules`, apply a seeded fault from [`faults`] to TestCaseResult writes) and
-//! leaves through `respond`; `batch` runs `POST /batch`, `control` serves `/__sim/`.
+//! docs/simulator.md, used by every test of this project, by `rally-sidecar simulate` and
+//! `demo`, and by users' own CI; it depends only on the WSAPI vocabulary ([`crate::wsapi`]) and
+//! the shared server plumbing, and nothing on the proxy path imports it. This file owns the
+//! public face — options, switches, statistics, the shared [`Simulator`] and how it is started.
+//! A request goes through `pipeline` (authenticate in `auth`, a slot under the per-user cap,
+//! latency, route in `route`, an operation from `ops`/`write` under the `rules`, a seeded fault
+//! from [`faults`] on TestCaseResult writes) and leaves through `respond`; `batch` runs
+//! `POST /batch`, `control` serves `/__sim/`.
 
 mod auth;
 mod batch;
