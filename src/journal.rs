@@ -130,7 +130,10 @@ pub enum JournalError {
     #[error(
         "journal {path} is owned by a live {owner}; stop it first (or point this one at another journal.path)"
     )]
-    Owned { path: String, owner: owner::Owner },
+    Owned {
+        path: String,
+        owner: Box<owner::Owner>,
+    },
 }
 
 /// The journal; cheap to clone.
@@ -260,7 +263,7 @@ impl Journal {
                 Some(other) if tokio::time::Instant::now() >= deadline => {
                     return Err(JournalError::Owned {
                         path: path.display().to_string(),
-                        owner: other,
+                        owner: Box::new(other),
                     });
                 }
                 Some(other) => {

@@ -178,6 +178,13 @@ struct SimulateArgs {
     /// New results become readable only after this long: "2s", or a range drawn per write, "0s..2s".
     #[arg(long)]
     read_lag: Option<String>,
+    /// Probability of HTTP 200 + "Not authorized to perform action: Invalid key" for a valid key.
+    #[arg(long, default_value_t = 0.0)]
+    invalid_key_rate: f64,
+    /// A named fault profile the flags above refine: "realistic" (the soak's fault rates and
+    /// reads lagging writes by 0..8 s) or "none".
+    #[arg(long)]
+    profile: Option<String>,
     /// Concurrent requests per user before queueing.
     #[arg(long, default_value_t = 12)]
     max_concurrency: usize,
@@ -335,15 +342,23 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         },
         None => Fixtures::default(),
     };
-    let faults = FaultConfig {
+    let flags = FaultConfig {
         latency: args.latency.clone(),
         drop_writes: args.drop_writes,
         conflict_rate: args.conflict_rate,
         error_rate: args.error_rate,
         gateway_timeout_rate: args.gateway_timeout_rate,
         reset_rate: args.reset_rate,
+        invalid_key_rate: args.invalid_key_rate,
         read_lag: args.read_lag.clone(),
         script: vec![],
+    };
+    let faults = match FaultConfig::profile(args.profile.as_deref().unwrap_or("none")) {
+        Ok(base) => base.overridden_by(&flags),
+        Err(e) => {
+            eprintln!("rally-sidecar simulate: --profile: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
     };
     if let Err(e) = faults.validate() {
         eprintln!("rally-sidecar simulate: {e}");

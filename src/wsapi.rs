@@ -1,6 +1,6 @@
 //! The WSAPI vocabulary shared by the proxy and the simulator: the service root, the envelope
 //! shapes Rally answers with (`OperationResult`, `CreateResult`, `QueryResult`, `BatchResult`,
-//! `<TypeName>`), and helpers to build them. See ../shared/rally-wsapi.md §4.
+//! `<TypeName>`), and helpers to build them. See docs/simulator.md for the facts and their sources.
 
 use serde_json::{Map, Value, json};
 
@@ -10,6 +10,9 @@ pub const SERVICE_ROOT: &str = "/slm/webservice/v2.0";
 pub const SERVICE_PREFIX: &str = "/slm/webservice/";
 /// Path prefix of the schema service pyral reads at start-up.
 pub const SCHEMA_ROOT: &str = "/slm/schema/v2.0";
+/// The API version segments Rally serves under `/slm/webservice/` and `/slm/schema/`: `v2.0`,
+/// and `v2.x`, which real clients use and whose answers carry `v2.x` in every `_ref`.
+pub const API_VERSIONS: &[&str] = &["v2.0", "v2.x"];
 /// `_rallyAPIMajor` carried by every object.
 pub const API_MAJOR: &str = "2";
 /// `_rallyAPIMinor` carried by every object.
@@ -71,6 +74,50 @@ pub fn error_envelope(kind: Envelope, errors: &[String], warnings: &[String]) ->
     let mut outer = Map::new();
     outer.insert(kind.key().into(), Value::Object(inner));
     Value::Object(outer)
+}
+
+/// A `BatchResult` shaped like the one captured from real Rally: the `BatchResult` object holds
+/// only `Errors`, `Warnings` and `Results` (no `_rallyAPIMajor`/`_rallyAPIMinor` at that level);
+/// each element of `results` is built by [`batch_element`].
+pub fn batch_envelope(errors: &[String], warnings: &[String], results: Vec<Value>) -> Value {
+    json!({"BatchResult": {"Errors": errors, "Warnings": warnings, "Results": results}})
+}
+
+/// One element of `BatchResult.Results`: `_rallyAPIMajor`/`_rallyAPIMinor`, the entry's own
+/// `Errors` and `Warnings`, and `Object` when the entry succeeded and produced one.
+pub fn batch_element(errors: &[String], warnings: &[String], object: Option<Value>) -> Value {
+    let mut m = Map::new();
+    m.insert("_rallyAPIMajor".into(), json!(API_MAJOR));
+    m.insert("_rallyAPIMinor".into(), json!(API_MINOR));
+    m.insert("Errors".into(), json!(errors));
+    m.insert("Warnings".into(), json!(warnings));
+    if let Some(o) = object.filter(|_| errors.is_empty()) {
+        m.insert("Object".into(), o);
+    }
+    Value::Object(m)
+}
+
+/// Splits a WSAPI path into its version and the rest: `/slm/webservice/v2.x/defect/1` →
+/// `("v2.x", "/defect/1")`. `None` for other paths and versions Rally does not serve.
+pub fn split_service_path(path: &str) -> Option<(&str, &str)> {
+    split_versioned(path, "/slm/webservice/")
+}
+
+/// [`split_service_path`] for the schema service (`/slm/schema/<version>/...`).
+pub fn split_schema_path(path: &str) -> Option<(&str, &str)> {
+    split_versioned(path, "/slm/schema/")
+}
+
+fn split_versioned<'a>(path: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    let rest = path.strip_prefix(prefix)?;
+    let (version, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    API_VERSIONS
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case(version))
+        .then_some((version, tail))
 }
 
 /// Serialises an envelope; never fails for values built from `json!`.
@@ -178,6 +225,40 @@ mod tests {
         assert!(is_v2(p.version) && is_v2("v2.0") && !is_v2("v1.43"));
         assert_eq!(service_path("/slm/schema/v2.0/x"), None);
         assert_eq!(service_path("/slm/webservice/"), None);
+    }
+
+    #[test]
+    fn both_served_versions_split_and_others_do_not() {
+        assert_eq!(
+            split_service_path("/slm/webservice/v2.x/defect/1"),
+            Some(("v2.x", "/defect/1"))
+        );
+        assert_eq!(
+            split_service_path("/slm/webservice/v2.0"),
+            Some(("v2.0", ""))
+        );
+        assert_eq!(split_service_path("/slm/webservice/v1.43/defect"), None);
+        assert_eq!(
+            split_schema_path("/slm/schema/v2.x/workspace/200"),
+            Some(("v2.x", "/workspace/200"))
+        );
+    }
+
+    #[test]
+    fn batch_shapes_follow_the_capture() {
+        let b = batch_envelope(
+            &[],
+            &[],
+            vec![batch_element(&[], &[], Some(json!({"a": 1})))],
+        );
+        let inner = b["BatchResult"].as_object().expect("object");
+        let mut keys: Vec<&str> = inner.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["Errors", "Results", "Warnings"]);
+        assert_eq!(b["BatchResult"]["Results"][0]["_rallyAPIMajor"], "2");
+        assert_eq!(b["BatchResult"]["Results"][0]["Object"]["a"], 1);
+        let failed = batch_element(&["no".into()], &[], Some(json!({})));
+        assert!(failed.get("Object").is_none(), "no Object beside Errors");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn soak_faults() -> FaultConfig {
         gateway_timeout_rate: 0.02,
         reset_rate: 0.01,
         read_lag: Some("0ms..2s".into()),
-        script: vec![],
+        ..FaultConfig::default()
     }
 }
 

@@ -1,15 +1,14 @@
-//! The simulator's object store: WSAPI types, stored objects, references, and the fixtures that
-//! seed them. Objects keep their attributes as JSON; a reference is stored as
+//! The simulator's vocabulary of stored things: the WSAPI types it models, a stored object, and
+//! references. Objects keep their attributes as JSON; a reference is stored as
 //! `{"__ref": [type, oid]}` and rendered as a WSAPI ref object (with an absolute `_ref` built
-//! from the origin the client used) only on the way out.
-
-use std::collections::BTreeMap;
+//! from the origin and API version the client used) only on the way out.
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 /// The WSAPI types the simulator knows. Type segments in paths and root keys in bodies are
-/// matched case-insensitively against [`Type::name`].
+/// matched case-insensitively against [`Type::name`]. New variants go at the end: the schema
+/// service derives stable refs from the position.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -26,6 +25,12 @@ pub enum Type {
     TestCaseResult,
     HierarchicalRequirement,
     Defect,
+    Iteration,
+    Release,
+    Task,
+    ConversationPost,
+    Attachment,
+    AttachmentContent,
 }
 
 pub const ALL_TYPES: &[Type] = &[
@@ -41,6 +46,22 @@ pub const ALL_TYPES: &[Type] = &[
     Type::TestCaseResult,
     Type::HierarchicalRequirement,
     Type::Defect,
+    Type::Iteration,
+    Type::Release,
+    Type::Task,
+    Type::ConversationPost,
+    Type::Attachment,
+    Type::AttachmentContent,
+];
+
+/// The artifact types: they have a FormattedID, a Discussion and Attachments, and go to the
+/// recycle bin when deleted.
+pub const ARTIFACTS: &[Type] = &[
+    Type::TestCase,
+    Type::TestSet,
+    Type::HierarchicalRequirement,
+    Type::Defect,
+    Type::Task,
 ];
 
 impl Type {
@@ -59,6 +80,12 @@ impl Type {
             Type::TestCaseResult => "TestCaseResult",
             Type::HierarchicalRequirement => "HierarchicalRequirement",
             Type::Defect => "Defect",
+            Type::Iteration => "Iteration",
+            Type::Release => "Release",
+            Type::Task => "Task",
+            Type::ConversationPost => "ConversationPost",
+            Type::Attachment => "Attachment",
+            Type::AttachmentContent => "AttachmentContent",
         }
     }
 
@@ -89,8 +116,13 @@ impl Type {
             Type::TestSet => Some("TS"),
             Type::HierarchicalRequirement => Some("US"),
             Type::Defect => Some("DE"),
+            Type::Task => Some("TA"),
             _ => None,
         }
+    }
+
+    pub fn is_artifact(self) -> bool {
+        ARTIFACTS.contains(&self)
     }
 }
 
@@ -176,304 +208,7 @@ pub fn parse_date(s: &str) -> Option<OffsetDateTime> {
         })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Fixtures
-// ---------------------------------------------------------------------------------------------
-
-/// An API key a fixture user holds.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKey {
-    pub key: String,
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureUser {
-    pub oid: i64,
-    pub username: String,
-    pub display_name: String,
-    #[serde(default)]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub api_keys: Vec<ApiKey>,
-    /// Basic-auth password, if the user may log in with one.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// "Admin" or "User".
-    pub workspace_role: String,
-    /// Project OID → "Viewer" | "Editor" | "Admin".
-    #[serde(default)]
-    pub project_roles: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureProject {
-    pub oid: i64,
-    pub name: String,
-    /// "Open" or "Closed".
-    pub state: String,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureTestCase {
-    pub oid: i64,
-    /// e.g. "TC1"; must be unique.
-    pub formatted_id: String,
-    pub name: String,
-    pub project: i64,
-    /// Deleted: sits in the recycle bin, unreadable.
-    #[serde(default)]
-    pub recycled: bool,
-    /// Extra attributes (custom `c_*` fields, Method, Type, ...).
-    #[serde(default)]
-    pub fields: Map<String, Value>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureTestSet {
-    pub oid: i64,
-    pub formatted_id: String,
-    pub name: String,
-    pub project: i64,
-    pub test_cases: Vec<i64>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FixtureResult {
-    pub test_case: i64,
-    pub build: String,
-    pub date: String,
-    pub verdict: String,
-    #[serde(default)]
-    pub tester: Option<i64>,
-    #[serde(default)]
-    pub notes: Option<String>,
-}
-
-/// The seed data; `--fixtures FILE` replaces [`Fixtures::default`] with a JSON file of this shape.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Fixtures {
-    pub subscription: String,
-    pub workspace: String,
-    /// Allowed TestCaseResult verdicts.
-    pub verdicts: Vec<String>,
-    /// Custom attributes per type name, e.g. {"TestCase": ["c_Lifecycle"]}.
-    #[serde(default)]
-    pub custom_fields: BTreeMap<String, Vec<String>>,
-    pub projects: Vec<FixtureProject>,
-    pub users: Vec<FixtureUser>,
-    pub test_cases: Vec<FixtureTestCase>,
-    #[serde(default)]
-    pub test_sets: Vec<FixtureTestSet>,
-    #[serde(default)]
-    pub test_case_results: Vec<FixtureResult>,
-}
-
-/// Well-known object IDs of the default fixtures (documented in docs/simulator.md).
-pub mod oids {
-    pub const SUBSCRIPTION: i64 = 100;
-    pub const WORKSPACE: i64 = 200;
-    pub const SIM_PROJECT: i64 = 300;
-    pub const CLOSED_PROJECT: i64 = 301;
-    pub const ALICE: i64 = 400;
-    pub const BOB: i64 = 401;
-    pub const CAROL: i64 = 402;
-    pub const DAVE: i64 = 403;
-    /// TC<n> has ObjectID 1000 + n.
-    pub const TEST_CASE_BASE: i64 = 1000;
-    pub const TS1: i64 = 2001;
-    /// Objects created at run time get IDs from here on (11 digits, like Rally's).
-    pub const FIRST_DYNAMIC: i64 = 10_000_000_001;
-}
-
-impl Default for Fixtures {
-    fn default() -> Self {
-        use oids::*;
-        let roles = |pairs: &[(i64, &str)]| {
-            pairs
-                .iter()
-                .map(|(p, r)| (p.to_string(), r.to_string()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let mut test_cases: Vec<FixtureTestCase> = (1..=50)
-            .map(|n| FixtureTestCase {
-                oid: TEST_CASE_BASE + n,
-                formatted_id: format!("TC{n}"),
-                name: format!("Simulated test case {n}"),
-                project: SIM_PROJECT,
-                recycled: false,
-                fields:
-                    json!({"Method": "Automated", "Type": "Functional", "c_Lifecycle": "Active"})
-                        .as_object()
-                        .cloned()
-                        .unwrap_or_default(),
-            })
-            .collect();
-        test_cases.push(FixtureTestCase {
-            oid: TEST_CASE_BASE + 90,
-            formatted_id: "TC90".into(),
-            name: "Archived test case".into(),
-            project: SIM_PROJECT,
-            recycled: false,
-            fields: json!({"Method": "Automated", "Type": "Functional", "c_Lifecycle": "Archived"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        });
-        test_cases.push(FixtureTestCase {
-            oid: TEST_CASE_BASE + 91,
-            formatted_id: "TC91".into(),
-            name: "Test case in a closed project".into(),
-            project: CLOSED_PROJECT,
-            recycled: false,
-            fields: json!({"Method": "Manual", "c_Lifecycle": "Active"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        });
-        test_cases.push(FixtureTestCase {
-            oid: TEST_CASE_BASE + 92,
-            formatted_id: "TC92".into(),
-            name: "Deleted test case".into(),
-            project: SIM_PROJECT,
-            recycled: true,
-            fields: Map::new(),
-        });
-        Fixtures {
-            subscription: "Sim Subscription".into(),
-            workspace: "Sim Workspace".into(),
-            verdicts: ["Blocked", "Error", "Fail", "Inconclusive", "Pass"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            custom_fields: [("TestCase".to_string(), vec!["c_Lifecycle".to_string()])]
-                .into_iter()
-                .collect(),
-            projects: vec![
-                FixtureProject {
-                    oid: SIM_PROJECT,
-                    name: "Sim Project".into(),
-                    state: "Open".into(),
-                },
-                FixtureProject {
-                    oid: CLOSED_PROJECT,
-                    name: "Closed Project".into(),
-                    state: "Closed".into(),
-                },
-            ],
-            users: vec![
-                FixtureUser {
-                    oid: ALICE,
-                    username: "alice@example.com".into(),
-                    display_name: "Alice".into(),
-                    email: Some("alice@example.com".into()),
-                    api_keys: vec![ApiKey {
-                        key: "_sim_alice_key".into(),
-                        read_only: false,
-                    }],
-                    password: None,
-                    workspace_role: "User".into(),
-                    project_roles: roles(&[(SIM_PROJECT, "Editor"), (CLOSED_PROJECT, "Editor")]),
-                },
-                FixtureUser {
-                    oid: BOB,
-                    username: "bob@example.com".into(),
-                    display_name: "Bob".into(),
-                    email: Some("bob@example.com".into()),
-                    api_keys: vec![ApiKey {
-                        key: "_sim_bob_key".into(),
-                        read_only: false,
-                    }],
-                    password: None,
-                    workspace_role: "User".into(),
-                    project_roles: roles(&[(SIM_PROJECT, "Viewer")]),
-                },
-                FixtureUser {
-                    oid: CAROL,
-                    username: "carol@example.com".into(),
-                    display_name: "Carol".into(),
-                    email: Some("carol@example.com".into()),
-                    api_keys: vec![],
-                    password: Some("carol-pass".into()),
-                    workspace_role: "User".into(),
-                    project_roles: roles(&[(SIM_PROJECT, "Editor"), (CLOSED_PROJECT, "Editor")]),
-                },
-                FixtureUser {
-                    oid: DAVE,
-                    username: "dave@example.com".into(),
-                    display_name: "Dave".into(),
-                    email: Some("dave@example.com".into()),
-                    api_keys: vec![ApiKey {
-                        key: "_sim_dave_readonly".into(),
-                        read_only: true,
-                    }],
-                    password: None,
-                    workspace_role: "User".into(),
-                    project_roles: roles(&[(SIM_PROJECT, "Editor")]),
-                },
-            ],
-            test_cases,
-            test_sets: vec![FixtureTestSet {
-                oid: TS1,
-                formatted_id: "TS1".into(),
-                name: "Simulated test set".into(),
-                project: SIM_PROJECT,
-                test_cases: (1..=10).map(|n| TEST_CASE_BASE + n).collect(),
-            }],
-            test_case_results: vec![],
-        }
-    }
-}
-
-impl Fixtures {
-    /// Reads a fixtures file (JSON of this struct's shape).
-    pub fn from_file(path: &std::path::Path) -> Result<Fixtures, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let f: Fixtures =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        f.check()?;
-        Ok(f)
-    }
-
-    /// Cross-reference checks, so a bad file fails at start rather than as odd answers.
-    pub fn check(&self) -> Result<(), String> {
-        let projects: Vec<i64> = self.projects.iter().map(|p| p.oid).collect();
-        let mut problems = Vec::new();
-        for tc in &self.test_cases {
-            if !projects.contains(&tc.project) {
-                problems.push(format!(
-                    "test case {} names unknown project {}",
-                    tc.formatted_id, tc.project
-                ));
-            }
-        }
-        for p in &self.projects {
-            if p.state != "Open" && p.state != "Closed" {
-                problems.push(format!("project {} state must be Open or Closed", p.oid));
-            }
-        }
-        let tcs: Vec<i64> = self.test_cases.iter().map(|t| t.oid).collect();
-        for r in &self.test_case_results {
-            if !tcs.contains(&r.test_case) {
-                problems.push(format!("result names unknown test case {}", r.test_case));
-            }
-            if parse_date(&r.date).is_none() {
-                problems.push(format!("result date {:?} is not ISO-8601", r.date));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
-    }
-}
+pub use super::fixtures::{
+    ApiKey, FixtureProject, FixtureResult, FixtureTestCase, FixtureTestSet, FixtureUser, Fixtures,
+    oids,
+};

@@ -1,8 +1,8 @@
-//! The WSAPI query language (rally-wsapi.md §7): `(<path> <op> <value>)` combined only pairwise
-//! with AND / OR, e.g. `((Build = "b 1") AND (Verdict = Pass))`. Operators: `=`, `!=`, `<`,
-//! `<=`, `>`, `>=`, `contains`, `!contains`, `in`, `!in`. Values may be quoted (`"a b"`) or bare;
-//! `null`, booleans and relative refs (`/testcase/123`) are understood. Parse errors use Rally's
-//! wording: `Could not parse: ...`.
+//! The WSAPI query language (docs/simulator.md, "Queries"): `(<path> <op> <value>)` combined
+//! only pairwise with AND / OR, e.g. `((Build = "b 1") AND (Verdict = Pass))`. Operators: `=`,
+//! `!=`, `<`, `<=`, `>`, `>=`, `contains`, `!contains`, `in`, `!in`. Values may be quoted
+//! (`"a b"`) or bare; `null`, booleans and relative refs (`/testcase/123`) are understood. Parse
+//! errors use Rally's wording: `Could not parse: ...`.
 
 use std::cmp::Ordering;
 
@@ -166,7 +166,7 @@ impl Parser<'_> {
         if self.peek() == Some(b'"') {
             self.i += 1;
             let start = self.i;
-            // No escape mechanism is documented (rally-wsapi.md §17.9): a quote ends the value.
+            // No escape mechanism is documented (docs/simulator.md): a quote ends the value.
             while let Some(c) = self.peek() {
                 if c == b'"' {
                     let v = self.text[start..self.i].to_string();

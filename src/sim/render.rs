@@ -2,14 +2,14 @@
 //! also applies to nested objects, as in Rally), nested references and collections, and the
 //! metadata every object carries (`_rallyAPIMajor`/`_rallyAPIMinor`, `_ref`, `_refObjectUUID`,
 //! `_objectVersion`, `_refObjectName`, `_CreatedAt`, ...). Every `_ref` is absolute and built
-//! from the origin the client used, so clients that follow refs come back to the simulator.
+//! from the origin and API version the client used, so clients that follow refs come back to
+//! the simulator, at the version they spoke.
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use super::model::{Obj, Type, format_date, ref_target};
 use super::store::{Store, public_fields};
-use crate::wsapi::SERVICE_ROOT;
 
 /// The `fetch` parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,8 @@ impl Fetch {
 
 pub struct Renderer<'a> {
     pub store: &'a Store,
-    pub origin: &'a str,
+    /// `<origin>/slm/webservice/<version>`.
+    pub base: &'a str,
     pub now: OffsetDateTime,
 }
 
@@ -62,10 +63,12 @@ fn meta() -> Map<String, Value> {
 
 impl Renderer<'_> {
     pub fn object_ref(&self, ty: Type, oid: i64) -> String {
-        format!("{}{SERVICE_ROOT}/{}/{oid}", self.origin, ty.path())
+        format!("{}/{}/{oid}", self.base, ty.path())
     }
 
-    /// A nested reference, with the fetched fields that apply to the target.
+    /// A nested reference, with the fetched fields that apply to the target. Hydrated by a
+    /// field list, it also carries `_objectVersion`, as Rally's do; a shell (`fetch=true`) does
+    /// not, as in the captures.
     pub fn nested(&self, ty: Type, oid: i64, fetch: &Fetch) -> Value {
         let mut m = meta();
         m.insert("_ref".into(), json!(self.object_ref(ty, oid)));
@@ -76,6 +79,7 @@ impl Renderer<'_> {
         }
         m.insert("_type".into(), json!(ty.name()));
         if let (Fetch::Fields(_), Some(obj)) = (fetch, obj) {
+            m.insert("_objectVersion".into(), json!(obj.version.to_string()));
             for (k, v) in public_fields(obj) {
                 if fetch.wants(k) && ref_target(v).is_none() {
                     m.insert(k.clone(), v.clone());
@@ -144,8 +148,8 @@ impl Renderer<'_> {
                 c.insert(
                     "_ref".into(),
                     json!(format!(
-                        "{}{SERVICE_ROOT}/{}/{}/{name}",
-                        self.origin,
+                        "{}/{}/{}/{name}",
+                        self.base,
                         obj.ty.name(),
                         obj.oid
                     )),

@@ -1,10 +1,13 @@
-//! Type definitions: which attributes each simulated type has (used to reject queries on unknown
-//! attributes the way Rally does) and the schema service document pyral reads at start-up
-//! (`/slm/schema/v2.0/workspace/<oid>`, rally-wsapi.md §5.8).
+//! Type definitions: which attributes each simulated type has, which are required or read-only,
+//! what a reference attribute may point at (used to refuse queries, sorts and writes the way
+//! Rally does), and the schema service document pyral reads at start-up and validates every
+//! create and update against (`/slm/schema/<version>/workspace/<oid>`).
 
 use serde_json::{Value, json};
 
-use super::model::Type;
+use super::model::{ARTIFACTS, Type};
+use super::rules::allowed_values;
+use super::store::Store;
 
 /// (ElementName, AttributeType, Required, ReadOnly)
 type Attr = (&'static str, &'static str, bool, bool);
@@ -90,6 +93,8 @@ pub fn attributes(ty: Type) -> &'static [Attr] {
             ("Results", "COLLECTION", false, true),
             ("TestSets", "COLLECTION", false, false),
             ("WorkProduct", "OBJECT", false, false),
+            ("Attachments", "COLLECTION", false, true),
+            ("Discussion", "COLLECTION", false, true),
         ],
         Type::TestSet => &[
             ("FormattedID", "STRING", false, true),
@@ -97,6 +102,8 @@ pub fn attributes(ty: Type) -> &'static [Attr] {
             ("Project", "OBJECT", false, false),
             ("TestCases", "COLLECTION", false, false),
             ("Results", "COLLECTION", false, true),
+            ("Attachments", "COLLECTION", false, true),
+            ("Discussion", "COLLECTION", false, true),
         ],
         Type::TestCaseResult => &[
             ("TestCase", "OBJECT", true, false),
@@ -109,6 +116,7 @@ pub fn attributes(ty: Type) -> &'static [Attr] {
             ("Notes", "TEXT", false, false),
             ("Project", "OBJECT", false, true),
             ("WorkProduct", "OBJECT", false, true),
+            ("Attachments", "COLLECTION", false, true),
         ],
         Type::HierarchicalRequirement | Type::Defect => &[
             ("FormattedID", "STRING", false, true),
@@ -116,7 +124,99 @@ pub fn attributes(ty: Type) -> &'static [Attr] {
             ("Project", "OBJECT", false, false),
             ("Owner", "OBJECT", false, false),
             ("Description", "TEXT", false, false),
+            ("Notes", "TEXT", false, false),
+            ("Iteration", "OBJECT", false, false),
+            ("Release", "OBJECT", false, false),
+            ("Recycled", "BOOLEAN", false, true),
+            ("Tasks", "COLLECTION", false, true),
+            ("Attachments", "COLLECTION", false, true),
+            ("Discussion", "COLLECTION", false, true),
         ],
+        Type::Iteration => &[
+            ("Name", "STRING", true, false),
+            ("StartDate", "DATE", true, false),
+            ("EndDate", "DATE", true, false),
+            ("State", "STRING", true, false),
+            ("Project", "OBJECT", false, false),
+            ("PlannedVelocity", "DECIMAL", false, false),
+            ("Theme", "TEXT", false, false),
+            ("Notes", "TEXT", false, false),
+        ],
+        Type::Release => &[
+            ("Name", "STRING", true, false),
+            ("ReleaseStartDate", "DATE", true, false),
+            ("ReleaseDate", "DATE", true, false),
+            ("State", "STRING", true, false),
+            ("Project", "OBJECT", false, false),
+            ("Version", "STRING", false, false),
+            ("PlannedVelocity", "DECIMAL", false, false),
+            ("Theme", "TEXT", false, false),
+            ("Notes", "TEXT", false, false),
+        ],
+        Type::Task => &[
+            ("FormattedID", "STRING", false, true),
+            ("Name", "STRING", true, false),
+            ("WorkProduct", "OBJECT", true, false),
+            ("State", "STRING", true, false),
+            ("Project", "OBJECT", false, true),
+            ("Owner", "OBJECT", false, false),
+            ("Description", "TEXT", false, false),
+            ("Notes", "TEXT", false, false),
+            ("Estimate", "DECIMAL", false, false),
+            ("ToDo", "DECIMAL", false, false),
+            ("Actuals", "DECIMAL", false, false),
+            ("Iteration", "OBJECT", false, false),
+            ("Release", "OBJECT", false, false),
+            ("Recycled", "BOOLEAN", false, true),
+            ("Attachments", "COLLECTION", false, true),
+            ("Discussion", "COLLECTION", false, true),
+        ],
+        Type::ConversationPost => &[
+            ("Artifact", "OBJECT", true, false),
+            ("Text", "TEXT", true, false),
+            ("User", "OBJECT", false, true),
+            ("PostNumber", "INTEGER", false, true),
+        ],
+        Type::Attachment => &[
+            ("Artifact", "OBJECT", false, false),
+            ("TestCaseResult", "OBJECT", false, false),
+            ("Content", "OBJECT", true, false),
+            ("Name", "STRING", true, false),
+            ("ContentType", "STRING", true, false),
+            ("Size", "INTEGER", true, false),
+            ("Description", "TEXT", false, false),
+            ("User", "OBJECT", false, false),
+        ],
+        Type::AttachmentContent => &[("Content", "BINARY_DATA", true, false)],
+    }
+}
+
+/// The required attributes of `ty`, in the order Rally is assumed to report them.
+pub fn required(ty: Type) -> impl Iterator<Item = &'static str> {
+    attributes(ty)
+        .iter()
+        .filter(|(_, _, required, ro)| *required && !*ro)
+        .map(|(n, ..)| *n)
+}
+
+/// The types a reference attribute may point at; the first is the one a dotted query path
+/// (`TestCase.FormattedID`) follows. Empty: not a reference, or not checked.
+pub fn ref_targets(ty: Type, attr: &str) -> &'static [Type] {
+    match (ty, attr) {
+        (_, "Project" | "DefaultProject") => &[Type::Project],
+        (_, "Workspace" | "DefaultWorkspace") => &[Type::Workspace],
+        (_, "Subscription") => &[Type::Subscription],
+        (_, "TestCase") => &[Type::TestCase],
+        (_, "TestSet") => &[Type::TestSet],
+        (_, "Tester" | "Owner" | "User") => &[Type::User],
+        (_, "LastResult" | "TestCaseResult") => &[Type::TestCaseResult],
+        (_, "UserProfile") => &[Type::UserProfile],
+        (_, "WorkProduct") => &[Type::HierarchicalRequirement, Type::Defect],
+        (_, "Iteration") => &[Type::Iteration],
+        (_, "Release") => &[Type::Release],
+        (_, "Artifact") => ARTIFACTS,
+        (Type::Attachment, "Content") => &[Type::AttachmentContent],
+        _ => &[],
     }
 }
 
@@ -150,7 +250,7 @@ pub fn read_only(ty: Type, name: &str) -> bool {
 
 /// One AttributeDefinition: `attr` is (name, type, required, read-only).
 fn attr_def(
-    origin: &str,
+    base: &str,
     ty: Type,
     n: usize,
     attr: (&str, &str, bool, bool),
@@ -164,7 +264,7 @@ fn attr_def(
         .collect();
     json!({
         "_rallyAPIMajor": "2", "_rallyAPIMinor": "0",
-        "_ref": format!("{origin}/slm/webservice/v2.0/attributedefinition/{}", 90_000 + (ty as usize) * 100 + n),
+        "_ref": format!("{base}/attributedefinition/{}", 90_000 + (ty as usize) * 100 + n),
         "_refObjectName": name, "_type": "AttributeDefinition",
         "ElementName": name, "Name": name, "AttributeType": kind, "Custom": custom,
         "Required": required, "ReadOnly": ro, "Filterable": true, "Hidden": false, "Sortable": true,
@@ -174,24 +274,15 @@ fn attr_def(
     })
 }
 
-/// The schema service answer for a workspace.
-pub fn document(
-    origin: &str,
-    workspace_oid: i64,
-    verdicts: &[String],
-    custom: &dyn Fn(Type) -> Vec<String>,
-) -> Value {
+/// The schema service answer for a workspace; refs under `base` (`<origin>/slm/webservice/<v>`).
+pub fn document(base: &str, workspace_oid: i64, store: &Store) -> Value {
     let mut results = Vec::new();
     for (ordinal, ty) in super::model::ALL_TYPES.iter().enumerate() {
         let mut attrs = Vec::new();
         for (n, (name, kind, required, ro)) in COMMON.iter().chain(attributes(*ty)).enumerate() {
-            let allowed: Vec<String> = if *ty == Type::TestCaseResult && *name == "Verdict" {
-                verdicts.to_vec()
-            } else {
-                vec![]
-            };
+            let allowed = allowed_values(store, *ty, name).unwrap_or_default();
             attrs.push(attr_def(
-                origin,
+                base,
                 *ty,
                 n,
                 (name, kind, *required, *ro),
@@ -199,9 +290,9 @@ pub fn document(
                 &allowed,
             ));
         }
-        for (n, name) in custom(*ty).iter().enumerate() {
+        for (n, name) in store.custom_fields(*ty).iter().enumerate() {
             attrs.push(attr_def(
-                origin,
+                base,
                 *ty,
                 50 + n,
                 (name, "STRING", false, false),
@@ -215,19 +306,26 @@ pub fn document(
             Type::TestCase => "Test Case".into(),
             Type::TestCaseResult => "Test Case Result".into(),
             Type::TestSet => "Test Set".into(),
+            Type::ConversationPost => "Conversation Post".into(),
+            Type::AttachmentContent => "Attachment Content".into(),
             other => other.name().into(),
+        };
+        let parent = if ty.is_artifact() {
+            "Artifact"
+        } else {
+            "Workspace Domain Object"
         };
         results.push(json!({
             "_rallyAPIMajor": "2", "_rallyAPIMinor": "0",
-            "_ref": format!("{origin}/slm/webservice/v2.0/typedefinition/{}", 80_000 + ordinal),
+            "_ref": format!("{base}/typedefinition/{}", 80_000 + ordinal),
             "_refObjectName": display, "_type": "TypeDefinition",
             "ObjectID": 80_000 + ordinal,
             "ElementName": name, "Name": display, "DisplayName": display, "TypePath": name,
             "IDPrefix": ty.id_prefix().unwrap_or(""), "Abstract": false,
-            "Parent": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_refObjectName": if ty.id_prefix().is_some() { "Artifact" } else { "Workspace Domain Object" }, "_type": "TypeDefinition"},
-            "Creatable": true, "Queryable": true, "ReadOnly": false, "Deletable": true, "Restorable": ty.id_prefix().is_some(),
+            "Parent": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_refObjectName": parent, "_type": "TypeDefinition"},
+            "Creatable": true, "Queryable": true, "ReadOnly": false, "Deletable": true, "Restorable": ty.is_artifact(),
             "Ordinal": ordinal as i64, "RevisionHistory": null,
-            "Workspace": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_ref": format!("{origin}/slm/webservice/v2.0/workspace/{workspace_oid}"), "_type": "Workspace"},
+            "Workspace": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "_ref": format!("{base}/workspace/{workspace_oid}"), "_type": "Workspace"},
             "Attributes": attrs,
         }));
     }

@@ -1,12 +1,12 @@
 //! The simulator's state: every object, the credentials of the fixture users, basic-auth
-//! sessions with their security tokens, and the roll-ups Rally maintains on TestCases.
+//! sessions with their security tokens, the collections each type exposes, and the roll-ups
+//! Rally maintains on TestCases.
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
+use serde_json::Value;
 
-use super::model::{Fixtures, Obj, Type, format_date, make_ref, oids, parse_date, ref_target};
+use super::model::{Fixtures, Obj, Type, make_ref, oids, parse_date, ref_target};
 
 /// Who is calling, after authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,11 +18,14 @@ pub struct Principal {
     pub basic: bool,
 }
 
-/// A basic-auth HTTP session: the token `/security/authorize` issued is bound to it.
+/// A basic-auth HTTP session, keyed by its `JSESSIONID`: the token `/security/authorize` issued
+/// is bound to it. Rally also sets `ZSESSIONID` and `SUBBUCKETID` cookies (KB 57528).
 #[derive(Debug, Clone)]
 pub struct Session {
     pub user: i64,
     pub token: Option<String>,
+    pub zsession: String,
+    pub subbucket: u32,
 }
 
 pub struct Store {
@@ -54,179 +57,6 @@ impl Store {
         };
         s.seed(&fixtures);
         s
-    }
-
-    fn seed(&mut self, f: &Fixtures) {
-        let epoch = OffsetDateTime::from_unix_timestamp(1_700_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let ws = oids::WORKSPACE;
-        let put = |s: &mut Store, ty: Type, oid: i64, fields: Value| {
-            let fields = fields.as_object().cloned().unwrap_or_default();
-            s.insert(Obj {
-                ty,
-                oid,
-                uuid: uuid_for(oid),
-                version: 1,
-                created: epoch,
-                visible_at: None,
-                fields,
-            });
-        };
-        put(
-            self,
-            Type::Subscription,
-            oids::SUBSCRIPTION,
-            json!({"Name": f.subscription, "SubscriptionID": 1, "State": "Enabled"}),
-        );
-        put(
-            self,
-            Type::Workspace,
-            ws,
-            json!({"Name": f.workspace, "State": "Open", "Subscription": make_ref(Type::Subscription, oids::SUBSCRIPTION)}),
-        );
-        for p in &f.projects {
-            put(
-                self,
-                Type::Project,
-                p.oid,
-                json!({"Name": p.name, "State": p.state, "Workspace": make_ref(Type::Workspace, ws)}),
-            );
-        }
-        let first_open = f.projects.iter().find(|p| p.state == "Open").map(|p| p.oid);
-        let mut perm_oid = 600;
-        for (i, u) in f.users.iter().enumerate() {
-            let profile = 500 + i as i64;
-            let (first, last) = u
-                .display_name
-                .split_once(' ')
-                .unwrap_or((&u.display_name, ""));
-            let summary = if u.workspace_role == "Admin" {
-                "Workspace Admin"
-            } else if u.project_roles.values().any(|r| r == "Admin") {
-                "Project Admin"
-            } else {
-                "Workspace User"
-            };
-            put(
-                self,
-                Type::User,
-                u.oid,
-                json!({
-                    "UserName": u.username, "DisplayName": u.display_name, "EmailAddress": u.email.clone().unwrap_or_else(|| u.username.clone()),
-                    "FirstName": first, "LastName": last, "Disabled": false, "SubscriptionAdmin": false,
-                    "SubscriptionPermission": "Subscription User", "WorkspacePermission": summary,
-                    "UserProfile": make_ref(Type::UserProfile, profile),
-                    "Subscription": make_ref(Type::Subscription, oids::SUBSCRIPTION),
-                }),
-            );
-            let default_project = u
-                .project_roles
-                .keys()
-                .filter_map(|k| k.parse::<i64>().ok())
-                .find(|p| Some(*p) == first_open)
-                .or(first_open);
-            put(
-                self,
-                Type::UserProfile,
-                profile,
-                json!({
-                    "DefaultWorkspace": make_ref(Type::Workspace, ws),
-                    "DefaultProject": default_project.map(|p| make_ref(Type::Project, p)).unwrap_or(Value::Null),
-                    "TimeZone": "UTC",
-                }),
-            );
-            put(
-                self,
-                Type::WorkspacePermission,
-                perm_oid,
-                json!({
-                    "Role": u.workspace_role, "Name": f.workspace, "Workspace": make_ref(Type::Workspace, ws), "User": make_ref(Type::User, u.oid),
-                    "CustomObjectID": format!("{}u{}w1", u.oid, ws),
-                }),
-            );
-            perm_oid += 1;
-            for (project, role) in &u.project_roles {
-                let Ok(p) = project.parse::<i64>() else {
-                    continue;
-                };
-                let state = f
-                    .projects
-                    .iter()
-                    .find(|x| x.oid == p)
-                    .map(|x| x.state.clone())
-                    .unwrap_or_default();
-                let pname = f
-                    .projects
-                    .iter()
-                    .find(|x| x.oid == p)
-                    .map(|x| x.name.clone())
-                    .unwrap_or_default();
-                put(
-                    self,
-                    Type::ProjectPermission,
-                    perm_oid,
-                    json!({
-                        "Role": role, "Name": pname, "Project": make_ref(Type::Project, p), "ProjectState": state,
-                        "Workspace": make_ref(Type::Workspace, ws), "User": make_ref(Type::User, u.oid),
-                        "CustomObjectID": format!("{}u{}p1", u.oid, p),
-                    }),
-                );
-                perm_oid += 1;
-            }
-        }
-        for tc in &f.test_cases {
-            let mut fields = json!({
-                "FormattedID": tc.formatted_id, "Name": tc.name, "Project": make_ref(Type::Project, tc.project),
-                "Workspace": make_ref(Type::Workspace, ws), "Recycled": tc.recycled, "Priority": "None", "Risk": "None",
-                "LastVerdict": null, "LastBuild": null, "LastRun": null, "LastResult": null,
-            });
-            if let Some(m) = fields.as_object_mut() {
-                for (k, v) in &tc.fields {
-                    m.insert(k.clone(), v.clone());
-                }
-            }
-            put(self, Type::TestCase, tc.oid, fields);
-        }
-        for ts in &f.test_sets {
-            let members: Vec<Value> = ts
-                .test_cases
-                .iter()
-                .map(|t| make_ref(Type::TestCase, *t))
-                .collect();
-            put(
-                self,
-                Type::TestSet,
-                ts.oid,
-                json!({
-                    "FormattedID": ts.formatted_id, "Name": ts.name, "Project": make_ref(Type::Project, ts.project),
-                    "Workspace": make_ref(Type::Workspace, ws), "__members": members,
-                }),
-            );
-        }
-        for r in &f.test_case_results {
-            let project = self
-                .objects
-                .get(&r.test_case)
-                .and_then(|o| o.get_ref("Project"))
-                .map(|(_, p)| p);
-            let date = parse_date(&r.date)
-                .map(format_date)
-                .unwrap_or_else(|| r.date.clone());
-            let oid = self.allocate();
-            put(
-                self,
-                Type::TestCaseResult,
-                oid,
-                json!({
-                    "TestCase": make_ref(Type::TestCase, r.test_case), "Build": r.build, "Date": date, "Verdict": r.verdict,
-                    "Tester": r.tester.map(|t| make_ref(Type::User, t)).unwrap_or(Value::Null),
-                    "Notes": r.notes, "Duration": null, "TestSet": null,
-                    "Workspace": make_ref(Type::Workspace, ws),
-                    "Project": project.map(|p| make_ref(Type::Project, p)).unwrap_or(Value::Null),
-                }),
-            );
-            self.update_rollup(r.test_case);
-        }
     }
 
     pub fn allocate(&mut self) -> i64 {
@@ -330,6 +160,8 @@ impl Store {
             }
             (Type::Workspace, "projects") => (Type::Project, by_ref(Type::Project, "Workspace")),
             (Type::Project, "testcases") => (Type::TestCase, by_ref(Type::TestCase, "Project")),
+            (Type::Project, "iterations") => (Type::Iteration, by_ref(Type::Iteration, "Project")),
+            (Type::Project, "releases") => (Type::Release, by_ref(Type::Release, "Project")),
             (Type::TestCase, "results") => (
                 Type::TestCaseResult,
                 by_ref(Type::TestCaseResult, "TestCase"),
@@ -347,6 +179,19 @@ impl Store {
                 Type::TestCaseResult,
                 by_ref(Type::TestCaseResult, "TestSet"),
             ),
+            (Type::HierarchicalRequirement | Type::Defect, "tasks") => {
+                (Type::Task, by_ref(Type::Task, "WorkProduct"))
+            }
+            (t, "discussion") if t.is_artifact() => (
+                Type::ConversationPost,
+                by_ref(Type::ConversationPost, "Artifact"),
+            ),
+            (t, "attachments") if t.is_artifact() => {
+                (Type::Attachment, by_ref(Type::Attachment, "Artifact"))
+            }
+            (Type::TestCaseResult, "attachments") => {
+                (Type::Attachment, by_ref(Type::Attachment, "TestCaseResult"))
+            }
             (Type::User, "userpermissions") => {
                 let mut v = by_ref(Type::WorkspacePermission, "User");
                 v.extend(by_ref(Type::ProjectPermission, "User"));
@@ -359,12 +204,37 @@ impl Store {
 
     /// Collection attributes rendered on each type, with the `_type` of their members.
     pub fn collection_names(ty: Type) -> &'static [(&'static str, &'static str)] {
+        const ARTIFACT: &[(&str, &str)] = &[
+            ("Attachments", "Attachment"),
+            ("Discussion", "ConversationPost"),
+        ];
         match ty {
             Type::Subscription => &[("Workspaces", "Workspace")],
             Type::Workspace => &[("Projects", "Project")],
-            Type::Project => &[("TestCases", "TestCase")],
-            Type::TestCase => &[("Results", "TestCaseResult"), ("TestSets", "TestSet")],
-            Type::TestSet => &[("TestCases", "TestCase"), ("Results", "TestCaseResult")],
+            Type::Project => &[
+                ("TestCases", "TestCase"),
+                ("Iterations", "Iteration"),
+                ("Releases", "Release"),
+            ],
+            Type::TestCase => &[
+                ("Results", "TestCaseResult"),
+                ("TestSets", "TestSet"),
+                ("Attachments", "Attachment"),
+                ("Discussion", "ConversationPost"),
+            ],
+            Type::TestSet => &[
+                ("TestCases", "TestCase"),
+                ("Results", "TestCaseResult"),
+                ("Attachments", "Attachment"),
+                ("Discussion", "ConversationPost"),
+            ],
+            Type::HierarchicalRequirement | Type::Defect => &[
+                ("Tasks", "Task"),
+                ("Attachments", "Attachment"),
+                ("Discussion", "ConversationPost"),
+            ],
+            Type::Task => ARTIFACT,
+            Type::TestCaseResult => &[("Attachments", "Attachment")],
             Type::User => &[
                 ("UserPermissions", "UserPermission"),
                 ("TeamMemberships", "Project"),
@@ -375,7 +245,7 @@ impl Store {
 
     /// Recomputes LastVerdict/LastBuild/LastRun/LastResult of a TestCase from its results:
     /// the result with the latest Date wins (ties: the later created). Which result Rally
-    /// uses is uncertain (rally-wsapi.md §17.5); docs/simulator.md says so.
+    /// uses is not documented; docs/simulator.md lists this among the known differences.
     pub fn update_rollup(&mut self, tc: i64) {
         let latest = self
             .objects
@@ -467,6 +337,25 @@ impl Store {
             .and_then(|o| o.str_field("Role").map(str::to_string))
     }
 
+    /// The project an object belongs to: its own `Project`, or for posts and attachments the
+    /// project of what they are attached to.
+    pub fn project_of(&self, obj: &Obj) -> Option<i64> {
+        if let Some((_, p)) = obj.get_ref("Project") {
+            return Some(p);
+        }
+        let (_, parent) = match obj.ty {
+            Type::ConversationPost => obj.get_ref("Artifact"),
+            Type::Attachment => obj
+                .get_ref("Artifact")
+                .or_else(|| obj.get_ref("TestCaseResult")),
+            _ => None,
+        }?;
+        self.objects
+            .get(&parent)
+            .and_then(|o| o.get_ref("Project"))
+            .map(|(_, p)| p)
+    }
+
     pub fn project_open(&self, project: i64) -> bool {
         self.objects
             .get(&project)
@@ -504,8 +393,13 @@ impl Store {
     pub fn new_session(&mut self, user: i64) -> String {
         self.session_counter += 1;
         let id = format!("simsession{:08x}{:08x}", user, self.session_counter);
-        self.sessions
-            .insert(id.clone(), Session { user, token: None });
+        let session = Session {
+            user,
+            token: None,
+            zsession: format!("{:016x}{:016x}", user, self.session_counter),
+            subbucket: 1 + (self.session_counter % 4) as u32,
+        };
+        self.sessions.insert(id.clone(), session);
         id
     }
 
@@ -533,9 +427,4 @@ fn members(obj: &Obj) -> Vec<i64> {
 /// Attributes present on `obj` (without internal ones).
 pub fn public_fields(obj: &Obj) -> impl Iterator<Item = (&String, &Value)> {
     obj.fields.iter().filter(|(k, _)| !k.starts_with("__"))
-}
-
-/// An empty attribute map.
-pub fn new_fields() -> Map<String, Value> {
-    Map::new()
 }

@@ -1,18 +1,23 @@
 //! The simulator's answers compared, field by field, with real Rally responses (the captured
-//! fixtures in ../shared/rally-captures). A capture's object carries more attributes than we
+//! fixtures in tests/fixtures/rally-captures; see its README for their source and licence). A
+//! capture's object carries more attributes than we
 //! simulate (CostCenter, LandingPage, ...); what must match is the shape every client relies on:
 //! root keys, metadata keys, the nested ref and collection shapes, value types, and the error
 //! envelopes. Attributes we do simulate must have the capture's JSON type.
 
 use serde_json::Value;
 
-use crate::support::{get, simulator};
+use bytes::Bytes;
+use http::Method;
+use serde_json::json;
+
+use crate::support::{get, send, simulator};
 
 const ALICE: (&str, &str) = ("zsessionid", "_sim_alice_key");
 
 fn capture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/rally-captures")
+        .join("tests/fixtures/rally-captures")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("capture is JSON")
@@ -174,7 +179,7 @@ async fn single_objects_queries_and_errors_match_the_captures() {
     let unauth = get(&format!("{base}/user"), &[]).await;
     let html = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/rally-captures/authorization_error.html"
+        "/tests/fixtures/rally-captures/authorization_error.html"
     ))
     .expect("capture");
     let title = |s: &str| {
@@ -184,5 +189,53 @@ async fn single_objects_queries_and_errors_match_the_captures() {
             .map(str::to_string)
     };
     assert_eq!(title(&unauth.text()), title(&html));
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn an_artifact_and_a_created_post_match_the_captures() {
+    let sim = simulator(Default::default()).await;
+    let base = format!("{}/slm/webservice/v2.0", sim.base_url);
+    let created = send(
+        Method::POST,
+        &format!("{base}/defect/create"),
+        &[ALICE],
+        Bytes::from(json!({"Defect": {"Name": "captured shape"}}).to_string()),
+    )
+    .await
+    .json();
+    let oid = created["CreateResult"]["Object"]["ObjectID"]
+        .as_i64()
+        .expect("defect created");
+    let defect = get(&format!("{base}/defect/{oid}"), &[ALICE]).await.json();
+    let captured = capture("defect.json");
+    same_shape(&defect["Defect"], &captured["Defect"], "Defect");
+    for collection in ["Tasks", "Attachments", "Discussion"] {
+        assert_eq!(
+            defect["Defect"][collection]["_type"], captured["Defect"][collection]["_type"],
+            "{collection} holds the same type as Rally's"
+        );
+    }
+
+    // The capture is a v3.0 create: compare the attributes a created post carries.
+    let post = send(
+        Method::POST,
+        &format!("{base}/conversationpost/create?fetch=true"),
+        &[ALICE],
+        Bytes::from(
+            json!({"ConversationPost": {"Artifact": format!("/defect/{oid}"), "Text": "This is a great User Story!"}})
+                .to_string(),
+        ),
+    )
+    .await
+    .json();
+    let ours = &post["CreateResult"]["Object"];
+    let theirs = &capture("conversationpost.json")["CreateResult"]["Object"];
+    assert_eq!(post["CreateResult"]["Errors"], json!([]), "{post}");
+    for key in theirs.as_object().expect("object").keys() {
+        assert!(ours.get(key).is_some(), "created post lacks {key}: {ours}");
+    }
+    assert_eq!(ours["PostNumber"], 1);
+    assert_eq!(ours["User"]["_refObjectName"], "Alice");
     sim.stop().await;
 }

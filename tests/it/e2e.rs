@@ -14,7 +14,7 @@ use rally_sidecar::sim::{self, SimHandle, SimOptions};
 
 use crate::support::{Sidecar, temp_dir};
 
-/// pyral for the machine's Python 3.11 (1.7.0 needs 3.12; see rally-wsapi.md's note).
+/// pyral for the machine's Python 3.11 (1.7.0 needs 3.12; see docs/simulator.md, "Running it").
 const PYRAL_311: &str = "pyral==1.6.0";
 /// pyral on Python >= 3.12.
 const PYRAL_312: &str = "pyral==1.7.0";
@@ -480,6 +480,43 @@ async fn clients_writing_through_faults_get_each_confirmed_result_exactly_once()
     assert!(
         st.dropped > 0 && st.conflicts > 0,
         "the faults did happen: {st:?}"
+    );
+    stack.sidecar.stop().await;
+    stack.sim.stop().await;
+}
+
+/// Issue 11: pyral creates the types test tooling touches besides results — attachments on a
+/// result and on a test case, a task, a discussion post, an iteration and a release — against
+/// the simulator, with both kinds of credentials, and reads a numeric Build back as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pyral_creates_attachments_tasks_posts_and_timeboxes_against_the_simulator() {
+    use rally_sidecar::sim::model::Type;
+    let tools = toolchain();
+    let stack = Stack::start(Fixtures::default(), |_, _| {}).await;
+    let scratch = temp_dir("e2e-attachments");
+    for (python, path, label) in &tools.pythons {
+        for auth in ["apikey", "basic"] {
+            let mut cmd = pyral(
+                python,
+                path,
+                "pyral_types.py",
+                &stack.sim_hostport(),
+                &stack.ca,
+            );
+            cmd.env("E2E_AUTH", auth).env("E2E_DIR", &scratch);
+            let v = run_script(cmd, &format!("{label} {auth} new types")).await;
+            assert!(v["checks"].as_array().is_some_and(|c| c.len() >= 12));
+        }
+    }
+    let runs = 2 * tools.pythons.len();
+    assert_eq!(
+        stack.sim.sim.objects(Type::Attachment, "").len(),
+        2 * runs,
+        "one attachment on a result and one on a test case per run"
+    );
+    assert_eq!(
+        stack.sim.sim.objects(Type::AttachmentContent, "").len(),
+        2 * runs
     );
     stack.sidecar.stop().await;
     stack.sim.stop().await;
