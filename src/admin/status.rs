@@ -71,7 +71,6 @@ impl Admin {
     }
 
     /// `GET /`: a small self-contained HTML status page.
-
     pub(super) async fn status_page(&self) -> Response<Body> {
         let esc = |s: &str| {
             s.replace('&', "&amp;")
