@@ -7,5 +7,5 @@
 pub mod cert;
 pub mod check;
 pub mod demo;
-pub mod replay;
+pub mod journal;
 pub mod sweep;
