@@ -12,6 +12,7 @@ mod intercept;
 mod ops;
 mod pg;
 mod process;
+mod promise;
 mod sim_api;
 mod support;
 mod transparency;
