@@ -576,8 +576,7 @@ async fn the_access_log_of_a_held_write_has_its_bytes_and_upstream_time() {
     let line = logs()
         .contents()
         .lines()
-        .filter(|l| l.contains("promise-access-log") && l.contains("\"access\""))
-        .last()
+        .rfind(|l| l.contains("promise-access-log") && l.contains("\"access\""))
         .map(str::to_string)
         .expect("an access line");
     let v: Value = serde_json::from_str(&line).expect("json");
