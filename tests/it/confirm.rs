@@ -438,8 +438,12 @@ async fn the_governor_caps_one_credential_as_seen_by_rally() {
 /// fault profile (`cargo run --release --example soak` runs the full 10,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reduced_soak_accounts_for_every_write_and_replay_lands_each_once() {
+    // The realistic profile: the soak's faults with reads lagging writes by up to 8 s (what
+    // Broadcom support has said Rally's replicas can do), the default read-back window, and
+    // a third of the writes on the v2.x path.
     let mut opts = SoakOptions::new(1000, &temp_dir("soak"));
-    opts.readback_window = "3s".into();
+    opts.faults = FaultConfig::profile("realistic").expect("profile");
+    opts.v2x_every = 3;
     let r = soak::run(opts).await.expect("the soak ran");
     eprintln!("{}", soak::summary(&r));
     let t = &r.tally;

@@ -601,8 +601,7 @@ async fn the_access_log_of_a_held_write_has_its_bytes_and_upstream_time() {
     let refused = logs()
         .contents()
         .lines()
-        .filter(|l| l.contains("write refused"))
-        .last()
+        .rfind(|l| l.contains("write refused"))
         .map(str::to_string)
         .expect("refusal line");
     let v: Value = serde_json::from_str(&refused).expect("json");
