@@ -178,6 +178,12 @@ impl Interceptor {
         } else if let Err(e) = pending.settle(settled).await {
             tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal");
         }
+        // The summaries count duplicates avoided per build (issue 17).
+        if let (Fate::Confirmed { adopted: true, .. }, Some(j)) = (fate, &self.journal)
+            && let Err(e) = j.mark_adopted(id).await
+        {
+            tracing::warn!(journal_id = id, error = %e, "cannot mark the write adopted");
+        }
         tracing::info!(
             journal_id = id,
             outcome,
