@@ -220,6 +220,19 @@ impl Journal {
         .await
     }
 
+    /// The newest writes that are not confirmed (refused, rejected, unconfirmed, pending),
+    /// newest first: what an operator must look at, however far back it is.
+    pub async fn attention(&self, limit: usize) -> Result<Vec<WriteView>, JournalError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VIEW_COLUMNS} FROM writes WHERE state <> 'confirmed' ORDER BY id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map(params![limit as i64], view_of)?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// The newest settled writes that measured a confirmation latency, oldest first (ready to
     /// draw left to right).
     pub async fn latencies(&self, limit: usize) -> Result<Vec<WriteView>, JournalError> {
@@ -331,6 +344,18 @@ mod tests {
         assert_eq!(recent.len(), 2);
         assert!(recent[0].id > recent[1].id, "newest first");
         assert!(recent[1].id == b1);
+
+        let attention = j.attention(10).await.expect("attention");
+        assert_eq!(
+            attention.iter().map(|r| r.state).collect::<Vec<_>>(),
+            [
+                State::Refused,
+                State::Pending,
+                State::Refused,
+                State::Unconfirmed
+            ],
+            "everything not confirmed, newest first"
+        );
 
         let lat = j.latencies(10).await.expect("latencies");
         assert_eq!(
