@@ -358,6 +358,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
     rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
+        color: rally_sidecar::config::LogColor::Auto,
     });
     let fixtures = match &args.fixtures {
         Some(p) => match Fixtures::from_file(p) {
@@ -464,6 +465,7 @@ fn demo(
     rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
+        color: rally_sidecar::config::LogColor::Auto,
     });
     let rt = match runtime() {
         Ok(rt) => rt,

@@ -10,6 +10,7 @@ mod edges;
 mod fleet;
 mod hostile;
 mod intercept;
+mod logs;
 mod ops;
 mod pg;
 mod process;
