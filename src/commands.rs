@@ -8,6 +8,6 @@
 pub mod cert;
 pub mod check;
 pub mod demo;
-pub mod replay;
+pub mod journal;
 pub mod summary;
 pub mod sweep;

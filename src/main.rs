@@ -379,7 +379,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         reset_rate: args.reset_rate,
         invalid_key_rate: args.invalid_key_rate,
         read_lag: args.read_lag.clone(),
-        script: vec![],
+        ..FaultConfig::default()
     };
     let faults = match FaultConfig::profile(args.profile.as_deref().unwrap_or("none")) {
         Ok(base) => base.overridden_by(&flags),
@@ -485,6 +485,7 @@ fn demo(
 }
 
 fn journal(action: JournalCommand) -> ExitCode {
+    use rally_sidecar::commands::journal as cmd;
     use rally_sidecar::journal::{Journal, State};
     let (serve, state, limit, ids, json, replay) = match action {
         JournalCommand::List {
@@ -493,14 +494,7 @@ fn journal(action: JournalCommand) -> ExitCode {
             limit,
             json,
         } => (serve, state, limit, vec![], json, false),
-        JournalCommand::Replay { serve, ids, json } => (
-            serve,
-            Some("unconfirmed".to_string()),
-            100_000,
-            ids,
-            json,
-            true,
-        ),
+        JournalCommand::Replay { serve, ids, json } => (serve, None, 0, ids, json, true),
     };
     let cfg = match load_config(&serve) {
         Ok(c) => c,
@@ -511,14 +505,16 @@ fn journal(action: JournalCommand) -> ExitCode {
         Some((_, Some(s))) => Some(s),
         Some((s, None)) => {
             eprintln!(
-                "rally-sidecar journal: --state {s:?} is not one of pending, confirmed, rejected, unconfirmed"
+                "rally-sidecar journal: --state {s:?} is not one of pending, confirmed, rejected, unconfirmed, refused"
             );
             return ExitCode::from(EX_USAGE);
         }
     };
-    let api_key = std::env::var("RALLY_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
+    let operator = rally_sidecar::rally::credential::Operator::from_env();
+    let api_key = operator
+        .as_ref()
+        .and_then(|o| o.api_key())
+        .map(str::to_string);
     if replay && api_key.is_none() {
         eprintln!(
             "rally-sidecar journal replay: set RALLY_API_KEY to a full-access API key of the user the results belong to"
@@ -530,6 +526,7 @@ fn journal(action: JournalCommand) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
+        // Opening to inspect or replay never changes a row by itself.
         let j = match Journal::open(&cfg.journal.path) {
             Ok(x) => x,
             Err(e) => {
@@ -537,31 +534,19 @@ fn journal(action: JournalCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let rows = match j.list(if replay { Some(State::Unconfirmed) } else { state }, ids, limit).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("rally-sidecar journal: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
         if !replay {
+            let rows = match j.list(state, ids, limit).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("rally-sidecar journal: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             for r in &rows {
                 if json {
                     println!("{}", serde_json::to_string(r).unwrap_or_default());
                 } else {
-                    println!(
-                        "{:>6}  {:<11}  {}  {:<6}  tc={:<10} build={:<16} verdict={:<8} attempts={} oid={} {}",
-                        r.id,
-                        r.state.as_str(),
-                        r.received_at,
-                        r.operation,
-                        r.test_case.as_deref().unwrap_or("-"),
-                        r.build.as_deref().unwrap_or("-"),
-                        r.verdict.as_deref().unwrap_or("-"),
-                        r.attempts,
-                        r.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
-                        r.last_error.as_deref().unwrap_or("")
-                    );
+                    println!("{}", cmd::render_row(r));
                 }
             }
             if !json {
@@ -570,18 +555,26 @@ fn journal(action: JournalCommand) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         let key = api_key.unwrap_or_default();
-        match rally_sidecar::commands::replay::replay(std::sync::Arc::new(cfg), &j, rows, &key).await {
-            Ok(done) => {
-                let landed = done.iter().filter(|d| d.state == State::Confirmed).count();
-                for d in &done {
-                    if json {
+        match cmd::replay_journal(std::sync::Arc::new(cfg), &j, ids, &key).await {
+            Ok(report) => {
+                let (lines, summary) = cmd::render_replay(&report);
+                if json {
+                    for d in &report.rows {
                         println!("{}", serde_json::to_string(d).unwrap_or_default());
-                    } else {
-                        println!("{:>6}  {:<11}  oid={}  {}", d.id, d.state.as_str(), d.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), d.detail);
                     }
+                } else {
+                    print!("{lines}");
                 }
-                eprintln!("replayed {}: {landed} confirmed, {} still unconfirmed", done.len(), done.len() - landed);
-                if landed == done.len() { ExitCode::SUCCESS } else { ExitCode::from(2) }
+                eprintln!("{summary}");
+                let done = report
+                    .rows
+                    .iter()
+                    .all(|d| d.skipped.is_none() && d.state == State::Confirmed);
+                if done {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                }
             }
             Err(e) => {
                 eprintln!("rally-sidecar journal replay: {e}");

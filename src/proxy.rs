@@ -157,7 +157,15 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         self.admit(&req, &ctx.conn)?;
         let op = crate::intercept::classify::classify(req.method(), req.uri().path());
-        if op != Operation::Passthrough {
+        if let Operation::OtherVersion { version } = &op {
+            self.metrics
+                .other_versions
+                .get_or_create(&crate::telemetry::metrics::VersionLabels {
+                    version: version.clone(),
+                })
+                .inc();
+        }
+        if op.is_intercepted() {
             return match crate::intercept::handle(&self.interceptor, ctx, op, req).await? {
                 Outcome::Answer(resp) => Ok(resp),
                 Outcome::Forward {

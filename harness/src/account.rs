@@ -238,7 +238,7 @@ pub async fn replay_all(
             break;
         }
         let n = rows.len();
-        let done = rally_sidecar::commands::replay::replay(cfg.clone(), j, rows, API_KEY).await?;
+        let done = rally_sidecar::commands::journal::replay(cfg.clone(), j, rows, API_KEY).await?;
         let confirmed = done.iter().filter(|r| r.state == State::Confirmed).count();
         out.push(ReplayPass {
             rows: n,

@@ -24,7 +24,15 @@ pub struct Lookups {
     /// Attributes of TestCase the guard needs (rule fields included).
     fetch: String,
     test_cases: Cache<(String, String), Arc<Lookup>>,
-    owners: Cache<String, Arc<String>>,
+    owners: Cache<String, Arc<User>>,
+}
+
+/// A Rally user, as the sidecar names writers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// `/user/<ObjectID>`: also the Tester ref.
+    pub reference: String,
+    pub name: Option<String>,
 }
 
 /// What a read of the TestCase (with the caller's credential) returned.
@@ -150,26 +158,38 @@ impl Lookups {
         }
     }
 
-    /// The caller's own user ref (`/user/<oid>`), for Tester.
-    pub async fn owner(&self, cred: &Credential) -> Result<String, String> {
+    /// The caller's Rally user (cached per credential): the Tester a result gets when it
+    /// names none, and who the journal says wrote it. Once known, the credential's requests
+    /// count against that user's slots (Rally's cap is per user, whatever the key).
+    pub async fn owner(&self, cred: &Credential) -> Result<User, String> {
         let fetch = async {
             let (status, json) = self
                 .get_json(cred, "user?fetch=ObjectID,UserName")
                 .await
                 .map_err(|e| e.to_string())?;
-            let oid = json.get("User").and_then(|u| u.get("ObjectID"));
-            let oid = match oid {
+            let user = json.get("User");
+            let oid = match user.and_then(|u| u.get("ObjectID")) {
                 Some(Value::Number(n)) => n.to_string(),
                 Some(Value::String(s)) => s.clone(),
                 _ => return Err(format!("Rally answered {status} without the current user")),
             };
-            Ok(Arc::new(format!("/user/{oid}")))
+            let name = user
+                .and_then(|u| u.get("UserName"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            Ok(Arc::new(User {
+                reference: format!("/user/{oid}"),
+                name,
+            }))
         };
-        self.owners
+        let user = self
+            .owners
             .try_get_with(cred.fingerprint().to_string(), fetch)
             .await
-            .map(|s| (*s).clone())
-            .map_err(|e| (*e).clone())
+            .map(|u| (*u).clone())
+            .map_err(|e| (*e).clone())?;
+        self.rally.learn_user(cred, &user.reference);
+        Ok(user)
     }
 
     /// The TestCase id a stored result belongs to (for the guard on updates).

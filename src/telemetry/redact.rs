@@ -78,6 +78,24 @@ pub fn header_value<'a>(name: &str, value: &'a str) -> Cow<'a, str> {
     Cow::Borrowed(value)
 }
 
+/// Escapes control characters (newlines, escape sequences) in text a client or Rally
+/// controls, before it reaches a log line or a terminal: a Build with a newline must not forge
+/// a line, and an escape sequence must not drive the operator's terminal.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,7 @@ async fn summary(journal: &std::path::Path, args: &[&str]) -> (Option<i32>, Stri
 /// Writes one build's worth of results: TC1 confirmed, TC2 adopted after a lost answer, TC3
 /// unconfirmed (Rally keeps failing), TC90 refused (archived); and build `green` via the
 /// header, all confirmed.
-async fn a_run(sim: &SimHandle, sidecar: &Sidecar, journal: &std::path::Path) {
+async fn a_run(sim: &SimHandle, sidecar: &Sidecar) {
     let a = result(sidecar, 1001, "Pass", &[]).await;
     assert_eq!(
         a.headers["x-rally-sidecar-confirmed"],
@@ -95,24 +95,6 @@ async fn a_run(sim: &SimHandle, sidecar: &Sidecar, journal: &std::path::Path) {
     script(sim, &[]);
     let d = result(sidecar, 1090, "Pass", &[]).await;
     assert!(d.text().contains("TC90 is archived"), "{}", d.text());
-    // Until the write path journals its refusals, record this one as it will.
-    rally_sidecar::journal::Journal::open(journal)
-        .expect("journal")
-        .record_refusal(
-            rally_sidecar::journal::NewWrite {
-                request_id: "refused".into(),
-                received_at: "2026-01-01T00:00:00.000Z".into(),
-                operation: "create".into(),
-                test_case: Some("1090".into()),
-                formatted_id: Some("TC90".into()),
-                build: Some("ci-42".into()),
-                verdict: Some("Pass".into()),
-                ..Default::default()
-            },
-            "rally-sidecar: TestCase TC90 is archived (c_Lifecycle = Archived)".into(),
-        )
-        .await
-        .expect("refusal");
     let e = result(sidecar, 1004, "Pass", &[("x-rally-build", "green")]).await;
     assert_eq!(
         e.headers["x-rally-sidecar-confirmed"],
@@ -128,7 +110,7 @@ async fn a_builds_verdict_from_the_admin_listener_and_the_summary_command() {
     let journal = temp_dir("builds").join("journal.sqlite");
     let j = journal.clone();
     let sidecar = Sidecar::start(&sim.base_url, |raw, _| config(raw, j)).await;
-    a_run(&sim, &sidecar, &journal).await;
+    a_run(&sim, &sidecar).await;
 
     let all = get(&format!("http://{}/builds", sidecar.admin), &[])
         .await
@@ -179,6 +161,17 @@ async fn a_builds_verdict_from_the_admin_listener_and_the_summary_command() {
         "the refusal's reason: {}",
         refused[0]
     );
+    let names: Vec<&str> = v["test_cases"]
+        .as_array()
+        .expect("test cases")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["TC1", "TC2", "TC3", "TC90"],
+        "FormattedIDs, not ObjectIDs"
+    );
     let missing = get(&format!("http://{}/builds/nope", sidecar.admin), &[]).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.json()["verdict"], "empty");
@@ -222,7 +215,7 @@ async fn the_status_page_shows_builds_refusals_and_where_the_build_comes_from() 
     let journal = temp_dir("builds-page").join("journal.sqlite");
     let j = journal.clone();
     let sidecar = Sidecar::start(&sim.base_url, |raw, _| config(raw, j)).await;
-    a_run(&sim, &sidecar, &journal).await;
+    a_run(&sim, &sidecar).await;
 
     let page = get(&format!("http://{}/", sidecar.admin), &[]).await;
     assert_eq!(page.status, StatusCode::OK);
@@ -252,6 +245,10 @@ async fn the_status_page_shows_builds_refusals_and_where_the_build_comes_from() 
         .find(|l| l.starts_with("<tr class=\"refused\">"))
         .expect("the refused write is listed");
     assert!(refused.contains("TC90 is archived"), "{refused}");
+    assert!(
+        refused.contains("<b>TC90</b>"),
+        "by its FormattedID: {refused}"
+    );
     assert!(html.contains("<tr class=\"unconfirmed\">"), "highlighted");
     assert!(html.contains("<svg id=\"latency\""), "the latency picture");
 
