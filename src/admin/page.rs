@@ -45,7 +45,8 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 header { display: flex; align-items: baseline; gap: 1em; flex-wrap: wrap; padding: .8em 1.2em; border-bottom: 1px solid var(--line); }
 h1 { font-size: 1.25em; margin: 0; } h2 { font-size: 1.05em; margin: 1.4em 0 .5em; }
 main { padding: 0 1.2em 2em; max-width: 1200px; }
-.muted, .k { color: var(--muted); } .num { text-align: right; font-variant-numeric: tabular-nums; }
+.muted, .k { color: var(--muted); } .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.time { white-space: nowrap; }
 #live { font-size: .85em; color: var(--muted); } #live.stale { color: var(--bad); font-weight: 600; }
 .totals { display: flex; flex-wrap: wrap; gap: .5em; margin: 1em 0 0; padding: 0; list-style: none; }
 .totals li { background: var(--card); border-radius: 6px; padding: .35em .8em; }
@@ -138,7 +139,7 @@ pub fn render(v: &StatusView) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>rally-sidecar status</title><style>{STYLE}</style></head>\n\
+         <link rel=\"icon\" href=\"data:,\"><title>rally-sidecar status</title><style>{STYLE}</style></head>\n\
          <body data-version=\"{}\"><header><h1>rally-sidecar</h1><span id=\"live\">live</span></header>\n\
          <main>\n{main}\n</main>\n<script>{SCRIPT}</script></body></html>\n",
         esc(&v.version)
@@ -225,6 +226,8 @@ fn context(out: &mut String, c: &ContextSources) {
         ),
         match &c.ci_variable {
             Some((var, value)) => format!("{} = {}", esc(var), esc(value)),
+            None if c.ci_variables.is_empty() =>
+                "none looked for (context.build_env is empty)".into(),
             None => format!("none set (looked for {})", esc(&c.ci_variables.join(", "))),
         },
     );
@@ -261,7 +264,7 @@ fn builds(out: &mut String, builds: &[BuildLine], journal: bool) {
         "<div class=\"scroll\"><table class=\"cards\" id=\"builds\"><thead><tr><th>Build</th><th>Verdict</th>\
          <th class=\"num\">Written</th><th class=\"num\">Confirmed</th><th class=\"num\">Refused</th>\
          <th class=\"num\">Rejected</th><th class=\"num\">Unconfirmed</th><th class=\"num\">Pending</th>\
-         <th class=\"num\">Adopted</th><th>Last write</th></tr></thead><tbody>\n",
+         <th class=\"num\">Adopted</th><th>Last write (UTC)</th></tr></thead><tbody>\n",
     );
     for b in builds {
         let c = &b.counts;
@@ -285,7 +288,7 @@ fn builds(out: &mut String, builds: &[BuildLine], journal: bool) {
              <td data-label=\"Written\" class=\"num\">{}</td><td data-label=\"Confirmed\" class=\"num\">{}</td>\
              <td data-label=\"Refused\" class=\"num\">{}</td><td data-label=\"Rejected\" class=\"num\">{}</td>\
              <td data-label=\"Unconfirmed\" class=\"num\">{}</td><td data-label=\"Pending\" class=\"num\">{}</td>\
-             <td data-label=\"Adopted\" class=\"num\">{}</td><td data-label=\"Last write\">{}</td></tr>",
+             <td data-label=\"Adopted\" class=\"num\">{}</td><td data-label=\"Last write\" class=\"time\">{}</td></tr>",
             c.total,
             c.confirmed,
             c.refused,
@@ -293,7 +296,7 @@ fn builds(out: &mut String, builds: &[BuildLine], journal: bool) {
             c.unconfirmed,
             c.pending,
             c.adopted,
-            esc(c.last_updated.as_deref().unwrap_or("")),
+            esc(&short_time(c.last_updated.as_deref().unwrap_or(""))),
         );
     }
     out.push_str("</tbody></table></div></section>\n");
@@ -312,12 +315,12 @@ fn write_row(out: &mut String, w: &WriteView) {
     };
     let _ = writeln!(
         out,
-        "<tr class=\"{state}\"><td data-label=\"#\" class=\"num\">{}</td><td data-label=\"Received\">{}</td>\
+        "<tr class=\"{state}\"><td data-label=\"#\" class=\"num\">{}</td><td data-label=\"Received\" class=\"time\">{}</td>\
          <td data-label=\"Test case\">{tc}</td><td data-label=\"Verdict\">{}</td><td data-label=\"Build\">{}</td>\
          <td data-label=\"State\" class=\"state-{state}\">{state}{}</td><td data-label=\"Attempts\" class=\"num\">{}</td>\
          <td data-label=\"Latency\" class=\"num\">{}</td><td data-label=\"Reason\" class=\"reason\">{}</td></tr>",
         w.id,
-        esc(&w.received_at),
+        esc(&short_time(&w.received_at)),
         esc(w.verdict.as_deref().unwrap_or("")),
         esc(w.build.as_deref().unwrap_or("")),
         if w.adopted { " (adopted)" } else { "" },
@@ -329,7 +332,12 @@ fn write_row(out: &mut String, w: &WriteView) {
     );
 }
 
-const WRITES_HEAD: &str = "<thead><tr><th class=\"num\">#</th><th>Received</th><th>Test case</th><th>Verdict</th>\
+/// `2026-01-01T10:00:00.123Z` as `2026-01-01 10:00:00`: the milliseconds are noise on a page.
+fn short_time(t: &str) -> String {
+    t.split('.').next().unwrap_or(t).replacen('T', " ", 1)
+}
+
+const WRITES_HEAD: &str = "<thead><tr><th class=\"num\">#</th><th>Received (UTC)</th><th>Test case</th><th>Verdict</th>\
     <th>Build</th><th>State</th><th class=\"num\">Attempts</th><th class=\"num\">Latency</th><th>Reason</th></tr></thead><tbody>\n";
 
 fn attention(out: &mut String, rows: &[WriteView]) {
@@ -369,7 +377,9 @@ fn chart(out: &mut String, l: &Latencies) {
         out.push_str("<p class=\"muted\">No confirmations yet.</p></section>\n");
         return;
     }
+    // A log scale: one slow write (seconds) must not flatten the usual milliseconds.
     let max = l.samples.iter().map(|s| s.3).fold(1.0_f64, f64::max);
+    let scale = |ms: f64| (1.0 + ms.max(0.0)).ln() / (1.0 + max).ln();
     let (w, h) = (600.0, 80.0);
     let step = w / l.samples.len() as f64;
     let _ = write!(
@@ -379,7 +389,7 @@ fn chart(out: &mut String, l: &Latencies) {
         l.samples.len()
     );
     for (i, (id, tc, state, ms)) in l.samples.iter().enumerate() {
-        let bar = (ms / max * (h - 4.0)).max(2.0);
+        let bar = (scale(*ms) * (h - 4.0)).max(2.0);
         let class = match state {
             State::Confirmed => "ok",
             State::Rejected => "warn",
@@ -401,8 +411,9 @@ fn chart(out: &mut String, l: &Latencies) {
     };
     let _ = writeln!(
         out,
-        "</svg><p class=\"muted\">last {} settled writes, oldest left (red: unconfirmed) · confirmed: p50 {} · p95 {} · max {}</p></section>",
+        "</svg><p class=\"muted\">last {} settled writes, oldest left, log scale up to {:.0} ms (red: unconfirmed) · confirmed: p50 {} · p95 {} · max {}</p></section>",
         l.samples.len(),
+        max,
         ms(l.p50_ms),
         ms(l.p95_ms),
         ms(l.max_ms),
