@@ -198,7 +198,7 @@ async fn a_builds_verdict_from_the_admin_listener_and_the_summary_command() {
     let (code, text) = summary(&journal, &["--build", "green"]).await;
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.starts_with("build green: all 1 results confirmed (exit 0)"),
+        text.starts_with("build green: its one result confirmed (exit 0)"),
         "{text}"
     );
     assert_eq!(summary(&journal, &["--build", "nope"]).await.0, Some(5));

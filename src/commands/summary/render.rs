@@ -53,6 +53,7 @@ fn headline(s: &Summary) -> String {
         }
     }
     match s.verdict {
+        Verdict::AllConfirmed if c.total == 1 => "its one result confirmed".into(),
         Verdict::AllConfirmed => format!("all {} results confirmed", c.total),
         Verdict::Empty => "no results journaled".into(),
         _ => format!(
