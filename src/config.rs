@@ -379,6 +379,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn object_ids_from_the_environment_are_accepted_where_names_are() {
+        let env = [
+            (
+                "RALLY_SIDECAR_SCOPE_WORKSPACE".to_string(),
+                "12345".to_string(),
+            ),
+            (
+                "RALLY_SIDECAR_SCOPE_PROJECTS".to_string(),
+                "301".to_string(),
+            ),
+            ("RALLY_SIDECAR_CONTEXT_BUILD".to_string(), "42".to_string()),
+        ];
+        let cfg = Config::load(None, env, &Overrides::default()).expect("digits are valid");
+        assert_eq!(cfg.scope.workspace.as_deref(), Some("12345"));
+        assert_eq!(cfg.scope.projects, ["301"]);
+        assert_eq!(cfg.context.build.as_deref(), Some("42"));
+    }
+
+    #[test]
     fn every_error_is_reported_at_once() {
         let raw = RawConfig::from_toml(
             r#"

@@ -61,15 +61,18 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Can this credential (RALLY_API_KEY, or RALLY_USERNAME/RALLY_PASSWORD) write TestCaseResults?
-    /// Exit codes: 0 yes everywhere, 1 not in some project, 2 unreachable, 3 credential refused,
-    /// 4 read-only key, 5 workspace not found, 64 usage.
+    /// Without --project (or scope.projects) every project the user has a permission in is
+    /// checked. Exit codes: 0 yes (every named project; or at least one discovered), 1 no,
+    /// 2 unreachable, 3 credential refused, 4 read-only key, 5 workspace not found, 6 no project
+    /// to check, 64 usage.
     Check {
         #[command(flatten)]
         serve: ServeArgs,
         /// Workspace (name, ref or ObjectID) [default: scope.workspace, else the user's default].
         #[arg(long)]
         workspace: Option<String>,
-        /// Project (name, ref or ObjectID); repeat for several [default: scope.projects].
+        /// Project (name, ref or ObjectID); repeat for several [default: scope.projects, else
+        /// every project the user has a permission in].
         #[arg(long = "project")]
         projects: Vec<String>,
         /// JSON instead of text.

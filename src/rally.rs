@@ -141,6 +141,11 @@ impl Rally {
         );
     }
 
+    /// Whether the credential's Rally user is known.
+    pub fn knows_user(&self, cred: &Credential) -> bool {
+        self.users.contains_key(cred.fingerprint())
+    }
+
     /// The governor's key for a credential: its Rally user once known, else the credential.
     fn lane_of(&self, fingerprint: &str) -> Arc<str> {
         self.users

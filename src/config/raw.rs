@@ -66,6 +66,12 @@ pub enum Text {
     Float(f64),
 }
 
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::Str(s.to_string())
+    }
+}
+
 impl Text {
     pub fn into_string(self) -> String {
         match self {
@@ -82,12 +88,15 @@ impl Text {
 pub enum List {
     Items(Vec<String>),
     Comma(String),
+    /// One ObjectID from the environment (digit-only values arrive as integers).
+    One(i64),
 }
 
 impl List {
     pub fn into_vec(self) -> Vec<String> {
         match self {
             List::Items(v) => v,
+            List::One(i) => vec![i.to_string()],
             List::Comma(s) => s
                 .split(',')
                 .map(|x| x.trim().to_string())
@@ -140,7 +149,8 @@ pub struct RawSweep {
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawScope {
-    pub workspace: Option<String>,
+    /// A name, a ref or an ObjectID (digit-only from the environment: an integer).
+    pub workspace: Option<Text>,
     pub projects: Option<List>,
 }
 

@@ -309,7 +309,12 @@ impl Config {
                 confirm,
                 journal,
                 scope: ScopeConfig {
-                    workspace: raw.scope.workspace.clone().filter(|w| !w.trim().is_empty()),
+                    workspace: raw
+                        .scope
+                        .workspace
+                        .clone()
+                        .map(Text::into_string)
+                        .filter(|w| !w.trim().is_empty()),
                     projects: raw
                         .scope
                         .projects

@@ -25,6 +25,9 @@ pub struct Lookups {
     fetch: String,
     test_cases: Cache<(String, String), Arc<Lookup>>,
     owners: Cache<String, Arc<User>>,
+    /// Credentials Rally would not name a user for, remembered briefly so that a bogus key
+    /// does not make every request cost another read.
+    unknown: Cache<String, Arc<String>>,
 }
 
 /// A Rally user, as the sidecar names writers.
@@ -82,6 +85,10 @@ impl Lookups {
             owners: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(600))
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(30))
                 .build(),
         }
     }
@@ -162,6 +169,9 @@ impl Lookups {
     /// names none, and who the journal says wrote it. Once known, the credential's requests
     /// count against that user's slots (Rally's cap is per user, whatever the key).
     pub async fn owner(&self, cred: &Credential) -> Result<User, String> {
+        if let Some(why) = self.unknown.get(cred.fingerprint()).await {
+            return Err((*why).clone());
+        }
         let fetch = async {
             let (status, json) = self
                 .get_json(cred, "user?fetch=ObjectID,UserName")
@@ -182,12 +192,19 @@ impl Lookups {
                 name,
             }))
         };
-        let user = self
+        let user = match self
             .owners
             .try_get_with(cred.fingerprint().to_string(), fetch)
             .await
-            .map(|u| (*u).clone())
-            .map_err(|e| (*e).clone())?;
+        {
+            Ok(u) => (*u).clone(),
+            Err(e) => {
+                self.unknown
+                    .insert(cred.fingerprint().to_string(), e.clone())
+                    .await;
+                return Err((*e).clone());
+            }
+        };
         self.rally.learn_user(cred, &user.reference);
         Ok(user)
     }

@@ -14,6 +14,7 @@ mod logs;
 mod ops;
 mod pg;
 mod process;
+mod promise;
 mod sim_api;
 mod support;
 mod transparency;

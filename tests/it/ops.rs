@@ -198,6 +198,28 @@ async fn check_says_who_can_write_where() {
 }
 
 #[tokio::test]
+async fn check_without_projects_checks_every_project_the_user_has() {
+    let sim = simulator(SimOptions::default()).await;
+    let u = sim.base_url.clone();
+    // Bob is a Viewer wherever he has a permission: not a yes.
+    let (code, r) = check(&u, &[("RALLY_API_KEY", "_sim_bob_key")], &[]).await;
+    assert_eq!(code, Some(1), "{r}");
+    assert_eq!(r["projects"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(r["projects"][0]["project"], "Sim Project");
+    assert_eq!(r["projects"][0]["can_write"], false);
+    // Alice: an open project where she is Editor, and a closed one; listed both, a yes.
+    let (code, r) = check(&u, &[("RALLY_API_KEY", "_sim_alice_key")], &[]).await;
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["projects"].as_array().map(Vec::len), Some(2), "{r}");
+    assert!(
+        r["projects"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["can_write"] == false))
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn sweep_dry_run_apply_idempotency_and_journal() {
     use rally_sidecar::journal::{Journal, NewWrite, State};
     use rally_sidecar::sim::model::{FixtureResult, Fixtures, Type};
