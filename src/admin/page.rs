@@ -378,7 +378,7 @@ fn chart(out: &mut String, l: &Latencies) {
         return;
     }
     // A log scale: one slow write (seconds) must not flatten the usual milliseconds.
-    let max = l.samples.iter().map(|s| s.3).fold(1.0_f64, f64::max);
+    let max = l.samples.iter().map(|s| s.ms).fold(1.0_f64, f64::max);
     let scale = |ms: f64| (1.0 + ms.max(0.0)).ln() / (1.0 + max).ln();
     let (w, h) = (600.0, 80.0);
     let step = w / l.samples.len() as f64;
@@ -388,7 +388,16 @@ fn chart(out: &mut String, l: &Latencies) {
          aria-label=\"latencies of the last {} settled writes\">",
         l.samples.len()
     );
-    for (i, (id, tc, state, ms)) in l.samples.iter().enumerate() {
+    for (
+        i,
+        super::status::Sample {
+            id,
+            test_case,
+            state,
+            ms,
+        },
+    ) in l.samples.iter().enumerate()
+    {
         let bar = (scale(*ms) * (h - 4.0)).max(2.0);
         let class = match state {
             State::Confirmed => "ok",
@@ -401,7 +410,7 @@ fn chart(out: &mut String, l: &Latencies) {
             i as f64 * step + step * 0.1,
             h - bar,
             step * 0.8,
-            esc(tc),
+            esc(test_case),
             state.as_str(),
         );
     }

@@ -69,11 +69,20 @@ impl ContextSources {
     }
 }
 
+/// One settled write's confirmation latency.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Sample {
+    pub id: i64,
+    pub test_case: String,
+    pub state: crate::journal::State,
+    pub ms: f64,
+}
+
 /// Recent confirmation latencies and their quantiles (confirmed writes only).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Latencies {
-    /// Oldest first: (journal id, test case, state, milliseconds).
-    pub samples: Vec<(i64, String, crate::journal::State, f64)>,
+    /// Oldest first.
+    pub samples: Vec<Sample>,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub max_ms: Option<f64>,
@@ -84,14 +93,18 @@ impl Latencies {
         let samples: Vec<_> = rows
             .iter()
             .filter_map(|r| {
-                r.latency_ms
-                    .map(|ms| (r.id, r.test_case_label(), r.state, ms))
+                r.latency_ms.map(|ms| Sample {
+                    id: r.id,
+                    test_case: r.test_case_label(),
+                    state: r.state,
+                    ms,
+                })
             })
             .collect();
         let mut ok: Vec<f64> = samples
             .iter()
-            .filter(|s| s.2 == crate::journal::State::Confirmed)
-            .map(|s| s.3)
+            .filter(|s| s.state == crate::journal::State::Confirmed)
+            .map(|s| s.ms)
             .collect();
         ok.sort_by(f64::total_cmp);
         // Nearest rank: the smallest sample with at least q of them at or below it.

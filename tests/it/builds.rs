@@ -257,6 +257,14 @@ async fn the_status_page_shows_builds_refusals_and_where_the_build_comes_from() 
         .json();
     assert_eq!(before["context"]["source"], "config context.build");
     assert_eq!(before["builds"][1]["refused"], 1);
+    let samples = before["latencies"]["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 4, "the settled writes: {samples:?}");
+    assert_eq!(samples[2]["state"], "unconfirmed");
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["ms"].as_f64().is_some_and(|ms| ms >= 0.0))
+    );
     result(&sidecar, 1005, "Pass", &[]).await;
     let after = get(&format!("http://{}/status.json", sidecar.admin), &[])
         .await
