@@ -134,6 +134,17 @@ pub struct AdminConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// Whether the human format uses ANSI colours.
+    pub color: LogColor,
+}
+
+/// `log.color`: colours in the human format only on a terminal (`auto`), or always, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogColor {
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 /// Whether interception acts or only reports.
@@ -283,6 +294,7 @@ pub mod defaults {
     pub const ENABLE_SHUTDOWN: bool = false;
     pub const LOG_FORMAT: &str = "human";
     pub const LOG_LEVEL: &str = "info";
+    pub const LOG_COLOR: &str = "auto";
     pub const MODE: &str = "enforce";
     pub const MAX_BODY: u64 = 1024 * 1024;
     pub const ENRICH_UPDATES: bool = false;
@@ -410,6 +422,18 @@ mod tests {
                 "shutdown_grace"
             ]
         );
+    }
+
+    #[test]
+    fn log_color_is_auto_unless_said_otherwise() {
+        let cfg = Config::validate(&RawConfig::default(), &Overrides::default()).expect("valid");
+        assert_eq!(cfg.log.color, LogColor::Auto);
+        let raw = RawConfig::from_toml("[log]\ncolor = \"never\"\n").expect("raw");
+        let cfg = Config::validate(&raw, &Overrides::default()).expect("valid");
+        assert_eq!(cfg.log.color, LogColor::Never);
+        let raw = RawConfig::from_toml("[log]\ncolor = \"rainbow\"\n").expect("raw");
+        let err = Config::validate(&raw, &Overrides::default()).expect_err("invalid");
+        assert_eq!(err.0[0].key, "log.color", "{err}");
     }
 
     #[test]

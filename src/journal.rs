@@ -26,7 +26,10 @@
 //! holds result bodies and Notes.
 
 pub mod owner;
+mod report;
 mod schema;
+
+pub use report::{BuildCounts, WriteView};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

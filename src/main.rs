@@ -98,6 +98,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Did every result of a build land? Reads the journal; changes nothing.
+    /// Exit codes: 0 all confirmed, 1 journal unreadable, 2 refused or rejected, 3 unconfirmed,
+    /// 4 still pending, 5 nothing journaled for the build, 64 usage.
+    Summary {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The build [default: context.build, else the first CI variable of context.build_env].
+        #[arg(long)]
+        build: Option<String>,
+        /// Wait up to this long ("2m") for pending writes to settle first.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+        /// text, json, markdown (a CI job summary) or junit (JUnit XML).
+        #[arg(long, value_enum, default_value_t)]
+        format: rally_sidecar::commands::summary::Format,
+    },
     /// Inspect and replay the journal of intercepted writes.
     Journal {
         #[command(subcommand)]
@@ -218,6 +234,17 @@ fn main() -> ExitCode {
         }
         Some(Command::Simulate(args)) => simulate(args),
         Some(Command::Journal { action }) => journal(action),
+        Some(Command::Summary {
+            serve,
+            build,
+            wait,
+            format,
+        }) => match load_config(&serve) {
+            Ok(cfg) => ExitCode::from(rally_sidecar::commands::summary::cli(
+                &cfg, build, wait, format,
+            )),
+            Err(code) => code,
+        },
         Some(Command::Sweep {
             serve,
             once: _,
@@ -334,6 +361,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
     rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
+        color: rally_sidecar::config::LogColor::Auto,
     });
     let fixtures = match &args.fixtures {
         Some(p) => match Fixtures::from_file(p) {
@@ -440,6 +468,7 @@ fn demo(
     rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
+        color: rally_sidecar::config::LogColor::Auto,
     });
     let rt = match runtime() {
         Ok(rt) => rt,

@@ -184,6 +184,7 @@ pub async fn run_with(
         context: context.clone(),
         journal: journal.clone(),
         health: health.clone(),
+        build_config: config.context.clone(),
     });
     let mut admin_opts = ServeOptions::plain("admin");
     admin_opts.grace = std::time::Duration::from_secs(1);

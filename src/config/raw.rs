@@ -54,6 +54,7 @@ pub struct RawAdmin {
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
+    pub color: Option<String>,
 }
 
 /// A value written as a string or a number (`RALLY_SIDECAR_BUILD=1234` arrives as a number).

@@ -232,6 +232,18 @@ impl Config {
                 LogFormat::Human
             }
         };
+        let color = match raw.log.color.as_deref().unwrap_or(defaults::LOG_COLOR) {
+            "auto" => LogColor::Auto,
+            "always" => LogColor::Always,
+            "never" => LogColor::Never,
+            other => {
+                e.push(ConfigError {
+                    key: "log.color".into(),
+                    message: format!("{other:?} is not one of \"auto\", \"always\", \"never\""),
+                });
+                LogColor::Auto
+            }
+        };
         let level = raw
             .log
             .level
@@ -284,7 +296,11 @@ impl Config {
                 listen,
                 upstream,
                 admin,
-                log: LogConfig { format, level },
+                log: LogConfig {
+                    format,
+                    level,
+                    color,
+                },
                 shutdown_grace,
                 rewrite_refs: raw.top.rewrite_refs.unwrap_or(defaults::REWRITE_REFS),
                 intercept,

@@ -138,12 +138,33 @@ impl Interceptor {
         let Some(journal) = self.holding().filter(|_| !self.shadow()) else {
             return;
         };
-        if let Err(e) = journal
-            .record_refusal(record(w, r), reason.to_string())
-            .await
-        {
+        let mut row = record(w, r);
+        // A refused result counts against the build it would have been given, so a build's
+        // summary (`summary --build`, `GET /builds/<B>`) sees it.
+        if row.build.is_none() {
+            row.build = self.build_for(w);
+        }
+        if let Err(e) = journal.record_refusal(row, reason.to_string()).await {
             tracing::warn!(error = %e, "cannot journal a refused write");
         }
+    }
+
+    /// The build enrichment would give a write of this request that carries none.
+    fn build_for(&self, w: &WriteCtx<'_>) -> Option<String> {
+        let (project, workspace, global) = self
+            .context
+            .lookup(w.scope.workspace.as_deref(), w.scope.project.as_deref());
+        super::enrich::Sources {
+            header_build: w.header_build.clone(),
+            context_project: project,
+            context_workspace: workspace,
+            context_global: global,
+            config_build: self.cfg.context.build.clone(),
+            ci_build: self.cfg.context.build_from_env.clone(),
+            ..Default::default()
+        }
+        .build()
+        .map(|(b, _)| b)
     }
 
     /// Drives a journaled write to its fate, counts it, settles its row and logs it. Answers
@@ -219,6 +240,12 @@ impl Interceptor {
             pending.settle_behind(settled);
         } else if let Err(e) = pending.settle(settled).await {
             tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal");
+        }
+        // The summaries count duplicates avoided per build (issue 17).
+        if let (Fate::Confirmed { adopted: true, .. }, Some(j)) = (fate, &self.journal)
+            && let Err(e) = j.mark_adopted(id).await
+        {
+            tracing::warn!(journal_id = id, error = %e, "cannot mark the write adopted");
         }
         tracing::info!(
             journal_id = id,

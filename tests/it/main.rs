@@ -2,6 +2,7 @@
 //! Integration tests: one binary, a module per area (ripgrep's layout). Every test runs over
 //! real sockets on 127.0.0.1:0.
 
+mod builds;
 mod captures;
 mod confirm;
 mod e2e;
@@ -9,6 +10,7 @@ mod edges;
 mod fleet;
 mod hostile;
 mod intercept;
+mod logs;
 mod ops;
 mod pg;
 mod process;
