@@ -16,6 +16,7 @@ pub mod enrich;
 pub mod envelope;
 pub mod guard;
 pub mod hold;
+pub mod ledger;
 pub mod results_add;
 pub mod single;
 
@@ -52,6 +53,8 @@ pub struct Interceptor {
     pub journal: Option<Journal>,
     /// Cancelled shortly before the shutdown deadline: held writes answer at once.
     pub give_up: CancellationToken,
+    /// Fleet mode: the shared ledger beside the journal ([`ledger`]); `None` alone.
+    pub fleet: Option<ledger::FleetWrites>,
 }
 
 /// What interception makes of a request: the sidecar's own answer, or a request for the proxy
@@ -119,6 +122,10 @@ pub struct WriteCtx<'a> {
     pub header_build: Option<String>,
     /// The envelope kind of the answer the client expects.
     pub kind: Envelope,
+    /// The body as the client sent it: with the writer and the path, a write's identity in
+    /// the fleet's ledger (enrichment fills `Date` from the time of receipt, so a retry's
+    /// enriched body differs).
+    pub raw: Bytes,
 }
 
 impl WriteCtx<'_> {
@@ -176,6 +183,7 @@ impl Interceptor {
             metrics,
             journal,
             give_up: CancellationToken::new(),
+            fleet: None,
         }
     }
 
@@ -242,6 +250,7 @@ pub async fn handle(
         scope: Scope::of_query(parts.uri.query()),
         header_build,
         kind,
+        raw: body.clone(),
     };
     match op {
         Operation::CreateResult | Operation::UpdateResult { .. } => {

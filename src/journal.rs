@@ -28,6 +28,8 @@
 pub mod owner;
 mod report;
 mod schema;
+// Fleet mode: rows also recorded in the fleet's ledger, and their shipping (issue 15).
+mod ship;
 
 pub use report::{BuildCounts, WriteView};
 

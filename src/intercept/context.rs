@@ -78,6 +78,14 @@ impl BuildContext {
         st.clone()
     }
 
+    /// Takes the whole context from elsewhere: in fleet mode, each snapshot of the fleet's
+    /// shared context (`crate::fleet::SharedContext::watch`), so lookups stay in memory.
+    pub fn replace(&self, view: ContextView) {
+        if let Ok(mut st) = self.state.write() {
+            *st = view;
+        }
+    }
+
     pub fn view(&self) -> ContextView {
         self.state.read().map(|s| s.clone()).unwrap_or_default()
     }
