@@ -102,6 +102,7 @@ pub(crate) async fn one_write(
         status: 0,
         confirmed: None,
         journal_id: None,
+        ledger_id: None,
         error: None,
         transport_error: None,
         latency: Duration::ZERO,
@@ -125,6 +126,7 @@ pub(crate) async fn one_write(
             let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
             o.confirmed = text("x-rally-sidecar-confirmed").map(|v| v == "true");
             o.journal_id = text("x-rally-sidecar-journal-id").and_then(|v| v.parse().ok());
+            o.ledger_id = text("x-rally-sidecar-ledger-id").and_then(|v| v.parse().ok());
             o.error = text("x-rally-sidecar-error");
             match resp.into_body().collect().await {
                 Ok(b) => {

@@ -384,6 +384,24 @@ impl Ledger {
         Ok(r.as_ref().map(LedgerRow::from_row))
     }
 
+    /// Whether `pod` still holds its lease (a pending row of a pod that does not is the
+    /// central replayer's to land).
+    pub async fn pod_alive(&self, pod: &str) -> Result<bool, LedgerError> {
+        let pod = pod.to_string();
+        let r = self
+            .fleet
+            .shared
+            .with_client(|c| async move {
+                c.query_opt(
+                    "SELECT 1 FROM fleet_pods WHERE pod_id = $1 AND lease_until >= now()",
+                    &[&pod],
+                )
+                .await
+            })
+            .await?;
+        Ok(r.is_some())
+    }
+
     /// Live rows per state.
     pub async fn counts(&self) -> Result<Vec<(State, i64)>, LedgerError> {
         let rows = self

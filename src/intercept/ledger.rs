@@ -141,10 +141,16 @@ pub fn duplicate_request(w: &WriteCtx<'_>, rows: &[LedgerRow]) -> ProxyError {
     }
 }
 
-/// Polls a pending row until it settles or `wait` has passed.
+/// Polls a pending row until it settles, `wait` has passed, or the pod holding it is gone
+/// (then only the central replayer will settle it).
 async fn settled(ledger: &Ledger, mut row: LedgerRow, wait: Duration) -> LedgerRow {
     let until = tokio::time::Instant::now() + wait;
+    let mut polls = 0u32;
     while row.state == State::Pending && tokio::time::Instant::now() < until {
+        if polls.is_multiple_of(5) && !ledger.pod_alive(&row.owner_pod).await.unwrap_or(true) {
+            break;
+        }
+        polls += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
         match ledger.get(row.id).await {
             Ok(Some(r)) => row = r,
@@ -180,7 +186,9 @@ fn fate_of(row: &LedgerRow) -> Fate {
         },
         (State::Pending, _) => Fate::Unconfirmed {
             attempts: 0,
-            cause: cause("is still in progress"),
+            cause: cause(
+                "is still pending (its sidecar may have stopped; the fleet's replayer lands it)",
+            ),
             object_id: None,
         },
         _ => Fate::Unconfirmed {

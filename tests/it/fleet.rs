@@ -6,7 +6,10 @@
 
 mod budget;
 mod context;
+mod lanes;
 mod ledger;
+mod run;
+mod sidecars;
 
 use std::time::Duration;
 

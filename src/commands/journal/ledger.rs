@@ -21,9 +21,9 @@ use crate::journal::State;
 use crate::rally::Session;
 use crate::rally::credential::Operator;
 
-/// Rows claimed at once: small, so another replayer finds work too and a claim's rows are
-/// settled well within its lease.
-const BATCH: usize = 50;
+/// Rows claimed at once: few, so replayers running together share the work and a claim's rows
+/// are settled well within its lease.
+const BATCH: usize = 10;
 
 /// Replays the ledger's rows of the operator's Rally user, each once per run.
 pub async fn replay_fleet(
