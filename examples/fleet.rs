@@ -2,8 +2,9 @@
 //! fleet mode × `--concurrency` clients each, one API key, the simulator capped at
 //! `--sim-max-concurrency` per user with `--latency` and drops, conflicts and 5xx; optionally
 //! one pod killed with SIGKILL and PostgreSQL stopped mid-run; then two central replayers at
-//! once. Then the same writes through one sidecar alone with the same budget, and the permit
-//! latency with `--pods` pods. PostgreSQL is started in a temporary directory (tests/it/pg.rs).
+//! once. Then, side by side and with neither failure, the fleet and one sidecar alone with the
+//! same budget, writes and clients; and the permit latency with `--pods` pods. PostgreSQL is
+//! started in a temporary directory (harness/src/pg.rs).
 //!
 //!     cargo build --release && cargo run --release --example fleet -- --writes 4000 \
 //!         --kill-after 1000 --pg-outage-after 2500 --pg-outage 10s
@@ -43,7 +44,10 @@ struct Args {
     /// ... for this long.
     #[arg(long, default_value = "10s")]
     pg_outage: humantime::Duration,
-    /// Skip the run through one sidecar alone.
+    /// Writes of the side-by-side runs [default: --writes].
+    #[arg(long)]
+    compare_writes: Option<usize>,
+    /// Skip the side-by-side runs (the fleet without failures, and one sidecar alone).
     #[arg(long)]
     no_compare: bool,
     /// The rally-sidecar executable.
@@ -74,16 +78,28 @@ async fn main_async(a: Args) -> Result<bool, String> {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
     }
     if !a.no_compare {
-        let mut alone = o.clone();
-        alone.fleet = false;
-        alone.kill_after = None;
-        alone.pg_outage = None;
-        let s = fleet::fleet_run(alone).await?;
+        // Side by side, with neither a kill nor an outage: the fleet, then one sidecar with the
+        // same budget, the same writes and the same number of clients.
+        let mut calm = o.clone();
+        calm.writes = a.compare_writes.unwrap_or(a.writes);
+        calm.kill_after = None;
+        calm.pg_outage = None;
+        let f = fleet::fleet_run(calm.clone()).await?;
+        println!("{}", fleet::fleet_summary(&f));
+        calm.fleet = false;
+        let s = fleet::fleet_run(calm).await?;
         println!("{}", fleet::fleet_summary(&s));
-        clean &= s.after_replay.duplicates == 0;
+        clean &= f.is_clean() && s.after_replay.duplicates == 0 && s.after_replay.missing == 0;
         println!(
-            "side by side: {} pods {:.1} s, one sidecar {:.1} s (budget {} both)\n",
-            r.pods, r.elapsed_s, s.elapsed_s, a.budget
+            "side by side ({} writes, {} clients, budget {}): {} pods {:.1} s ({:.0} writes/s), one sidecar {:.1} s ({:.0} writes/s)\n",
+            f.writes,
+            f.clients,
+            a.budget,
+            f.pods,
+            f.elapsed_s,
+            f.writes_per_s,
+            s.elapsed_s,
+            s.writes_per_s
         );
     }
     let pg = tokio::task::spawn_blocking(rally_sidecar_harness::pg::PgServer::start)

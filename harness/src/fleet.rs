@@ -12,7 +12,7 @@ pub mod bench;
 mod pods;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,7 +25,10 @@ use tokio::net::TcpListener;
 use rally_sidecar::sim::faults::FaultConfig;
 use rally_sidecar::sim::{self, SimOptions, Stats};
 
-use crate::account::{account, build_name, client, final_state, one_write, stored_per_build};
+use crate::account::{
+    account, build_name, client, final_state, journal_view, one_write, open_journal,
+    stored_per_build,
+};
 use crate::pg::PgServer;
 use crate::run::{Final, Latency, Outcome, Tally, WS};
 pub use pods::{Pod, PodConfig, replay_process};
@@ -139,6 +142,8 @@ pub struct FleetReport {
     pub fleet: bool,
     pub pods: usize,
     pub concurrency: usize,
+    /// Clients in all (the same alone as in the fleet).
+    pub clients: usize,
     pub writes: usize,
     pub budget: u32,
     pub elapsed_s: f64,
@@ -233,7 +238,14 @@ pub async fn fleet_run(opts: FleetOptions) -> Result<FleetReport, String> {
     let n = if opts.fleet { opts.pods } else { 1 };
     let mut pods = Vec::new();
     for i in 0..n {
-        pods.push(Pod::start(&opts.binary, i, &pod_cfg, &dir).await?);
+        let pod = Pod::start(&opts.binary, i, &pod_cfg, &dir).await?;
+        if opts.fleet && pod.pod_id.is_none() {
+            return Err(format!(
+                "{} started without fleet mode: is it a build of this tree?",
+                opts.binary.display()
+            ));
+        }
+        pods.push(pod);
     }
     let ledger = match &url {
         Some(u) => Some(Ledger::connect(u).await?),
@@ -259,10 +271,11 @@ pub async fn fleet_run(opts: FleetOptions) -> Result<FleetReport, String> {
     let mut pods: Vec<Option<Pod>> = pods.into_iter().map(Some).collect();
     let events = watch.clone();
     let (kill_tx, mut kill_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // As many clients alone as in the fleet: the comparison is of the sidecars, not the load.
     let driver = tokio::spawn(drive(
         bases,
         opts.writes,
-        opts.concurrency * n,
+        opts.concurrency * opts.pods,
         opts.seed,
         began,
         dead.clone(),
@@ -299,6 +312,7 @@ pub async fn fleet_run(opts: FleetOptions) -> Result<FleetReport, String> {
             outcomes.len()
         );
     }
+    let first_journal = pods.iter().flatten().next().map(|p| p.journal.clone());
     for pod in pods.into_iter().flatten() {
         pod.stop().await;
     }
@@ -309,6 +323,7 @@ pub async fn fleet_run(opts: FleetOptions) -> Result<FleetReport, String> {
         fleet: opts.fleet,
         pods: n,
         concurrency: opts.concurrency,
+        clients: opts.concurrency * opts.pods,
         writes: opts.writes,
         budget: opts.budget,
         elapsed_s: elapsed,
@@ -333,7 +348,16 @@ pub async fn fleet_run(opts: FleetOptions) -> Result<FleetReport, String> {
     let plain: Vec<Outcome> = outcomes.into_iter().map(|o| o.0).collect();
     report.tally = account(&plain, &stored_per_build(&sim), None);
     let Some(ledger) = ledger else {
-        report.after_replay = final_state(&builds, &stored_per_build(&sim), &HashSet::new());
+        // One sidecar alone: its own journal replayed, as `journal replay` does without a fleet.
+        let journal = first_journal.ok_or("no sidecar")?;
+        for _ in 0..opts.replay_rounds {
+            let rows = replay_process(&opts.binary, &pod_cfg, &journal).await?;
+            if rows.is_empty() {
+                break;
+            }
+        }
+        let (_, open) = journal_view(&open_journal(&journal)?).await?;
+        report.after_replay = final_state(&builds, &stored_per_build(&sim), &open);
         sim_handle.stop().await;
         return Ok(report);
     };
@@ -364,7 +388,8 @@ async fn replay_round(
     let runs: Vec<_> = (0..opts.replayers)
         .map(|i| {
             let (binary, cfg, dir) = (opts.binary.clone(), cfg.clone(), dir.to_path_buf());
-            tokio::spawn(async move { replay_process(&binary, &cfg, &dir, i).await })
+            let journal = dir.join(format!("replayer-{i}.sqlite"));
+            tokio::spawn(async move { replay_process(&binary, &cfg, &journal).await })
         })
         .collect();
     let mut seen: HashMap<i64, usize> = HashMap::new();
@@ -471,12 +496,12 @@ async fn drive(
 pub fn fleet_summary(r: &FleetReport) -> String {
     let t = &r.tally;
     let mut out = format!(
-        "| mode | pods × clients | writes | budget | elapsed | writes/s | p50 ms | p99 ms | most open at Rally |\n\
-         |---|---|---|---|---|---|---|---|---|\n\
-         | {} | {} × {} | {} | {} | {:.1} s | {:.0} | {:.0} | {:.0} | **{}** |\n\n",
+        "| mode | sidecars | clients | writes | budget | elapsed | writes/s | p50 ms | p99 ms | most open at Rally |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n\
+         | {} | {} | {} | {} | {} | {:.1} s | {:.0} | {:.0} | {:.0} | **{}** |\n\n",
         if r.fleet { "fleet" } else { "one sidecar" },
         r.pods,
-        r.concurrency,
+        r.clients,
         r.writes,
         r.budget,
         r.elapsed_s,

@@ -125,6 +125,15 @@ fn reap_stale() {
     };
     for e in entries.filter_map(|e| e.ok()) {
         let owner = std::fs::read_to_string(e.path().join("owner")).unwrap_or_default();
+        // A server being set up this very moment (by another test, or another test process)
+        // has no owner file yet: only an old directory without one is stale.
+        let young = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|d| d < Duration::from_secs(120)));
+        if owner.trim().is_empty() && young {
+            continue;
+        }
         let alive = owner
             .trim()
             .parse::<u32>()

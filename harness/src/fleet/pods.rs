@@ -160,14 +160,14 @@ impl Pod {
 
 /// One `rally-sidecar journal replay --json` process, as the fleet's CronJob runs it: the ids
 /// of the ledger rows it replayed (not skipped), with their final state.
+/// Alone (no fleet URL) it replays the journal at `journal`; in fleet mode that journal is
+/// only the replayer's own, empty.
 pub async fn replay_process(
     binary: &Path,
     cfg: &PodConfig,
-    dir: &Path,
-    n: usize,
+    journal: &Path,
 ) -> Result<Vec<(i64, String)>, String> {
-    let journal = dir.join(format!("replayer-{n}.sqlite"));
-    let out = command(binary, cfg, &journal)
+    let out = command(binary, cfg, journal)
         .args(["journal", "replay", "--json", "--upstream", &cfg.upstream])
         .env("RALLY_API_KEY", API_KEY)
         .env("RALLY_SIDECAR_LOG_LEVEL", "warn")

@@ -36,9 +36,9 @@ impl Ledger {
     ) -> Result<i64, String> {
         let (c, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg_err(&e))?;
         let task = tokio::spawn(conn);
-        let r = c.query_one(sql, args).await.map_err(|e| e.to_string());
+        let r = c.query_one(sql, args).await.map_err(|e| pg_err(&e));
         drop(c);
         let _ = task.await;
         Ok(r?.get(0))
@@ -83,9 +83,9 @@ impl Ledger {
     async fn rows(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, String> {
         let (c, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| pg_err(&e))?;
         let task = tokio::spawn(conn);
-        let r = c.query(sql, &[]).await.map_err(|e| e.to_string());
+        let r = c.query(sql, &[]).await.map_err(|e| pg_err(&e));
         drop(c);
         let _ = task.await;
         r
@@ -280,4 +280,9 @@ fn humantime_secs(text: &str) -> Duration {
         return Duration::from_millis(ms.parse().unwrap_or(10_000));
     }
     Duration::from_secs(t.trim_end_matches('s').parse().unwrap_or(10))
+}
+
+/// A PostgreSQL error with the server's message (`Display` alone says only "db error").
+fn pg_err(e: &tokio_postgres::Error) -> String {
+    rally_sidecar::rally::error_chain(e)
 }

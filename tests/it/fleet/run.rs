@@ -12,11 +12,12 @@ use rally_sidecar_harness::fleet::{self, FleetOptions, PgOutage};
 
 #[tokio::test]
 async fn four_pods_one_key_a_kill_and_an_outage_land_every_write_once() {
-    let mut o = FleetOptions::new(
-        env!("CARGO_BIN_EXE_rally-sidecar").into(),
-        160,
-        std::env::temp_dir(),
-    );
+    // RALLY_SIDECAR_TEST_BIN: a copy of this tree's binary, where several checkouts share one
+    // target directory and so one target/debug/rally-sidecar.
+    let binary = std::env::var_os("RALLY_SIDECAR_TEST_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_rally-sidecar").into());
+    let mut o = FleetOptions::new(binary, 160, std::env::temp_dir());
     o.concurrency = 8;
     o.budget = 6;
     o.lease = "3s".into();

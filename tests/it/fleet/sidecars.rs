@@ -298,3 +298,135 @@ async fn two_replayers_at_once_replay_each_row_once() {
     }
     sim.stop().await;
 }
+
+/// PostgreSQL stopped under a running sidecar: a clear WSAPI-shaped 503 for a request that
+/// cannot get a permit, `/readyz` saying why, the write journaled here; once it is back the
+/// row is shipped to the ledger once and the central replayer lands it.
+#[tokio::test]
+async fn postgres_down_a_clear_answer_then_the_local_row_is_shipped_and_landed() {
+    let server = std::sync::Arc::new(
+        tokio::task::spawn_blocking(crate::pg::PgServer::start)
+            .await
+            .expect("server"),
+    );
+    let url = server.fresh_db().await;
+    let mut cfg = config(&url);
+    cfg.lease = Duration::from_secs(3);
+    let sim = simulator(SimOptions::default()).await;
+    let rcfg = sidecar_config(&sim.base_url, &cfg);
+    let journal_path = rcfg.journal.path.clone();
+    let s = Sidecar::start_config(rcfg.clone()).await;
+    let headers = [("zsessionid", KEY), ("content-type", "application/json")];
+    let warm = send(
+        Method::PUT,
+        &s.url(CREATE),
+        &headers,
+        result(Some("up-1"), 1001),
+    )
+    .await;
+    assert_eq!(warm.headers["x-rally-sidecar-confirmed"], "true");
+    let local = rally_sidecar::journal::Journal::open(&journal_path).expect("journal");
+    let t = Instant::now();
+    while local.unshipped_count().await.expect("count") > 0 && t.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        local.unshipped_count().await.expect("count"),
+        0,
+        "shipped while up"
+    );
+
+    let stop = server.clone();
+    tokio::task::spawn_blocking(move || stop.stop())
+        .await
+        .expect("stop");
+    let read = get(
+        &s.url("/slm/webservice/v2.0/subscription?fetch=Name"),
+        &[("zsessionid", KEY)],
+    )
+    .await;
+    tracing::info!(answer = %read.text(), "a read while PostgreSQL is down");
+    assert_eq!(read.status, 503);
+    let errors = read.json()["OperationResult"]["Errors"].to_string();
+    assert!(errors.contains("unreachable"), "{errors}");
+    let write = send(
+        Method::PUT,
+        &s.url(CREATE),
+        &headers,
+        result(Some("down-1"), 1002),
+    )
+    .await;
+    tracing::info!(answer = %write.text(), "a write while PostgreSQL is down");
+    assert_eq!(write.headers["x-rally-sidecar-confirmed"], "false");
+    assert!(write.text().contains("unreachable"), "{}", write.text());
+    let ready = get(&format!("http://{}/readyz", s.admin), &[]).await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.text().contains("FAIL fleet: PostgreSQL unreachable"),
+        "{}",
+        ready.text()
+    );
+    assert_eq!(
+        local.unshipped_count().await.expect("count"),
+        1,
+        "the write is journaled here, waiting to be shipped"
+    );
+
+    let start = server.clone();
+    tokio::task::spawn_blocking(move || start.restart())
+        .await
+        .expect("restart");
+    let t = Instant::now();
+    while local.unshipped_count().await.expect("count") > 0 && t.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(local.unshipped_count().await.expect("count"), 0, "shipped");
+    let replayer = pod(&cfg).await;
+    let r = rally_sidecar::commands::journal::replay_fleet_with(
+        std::sync::Arc::new(rcfg),
+        &replayer,
+        KEY,
+    )
+    .await
+    .expect("replay");
+    assert_eq!(r.rows.len(), 1, "the one unconfirmed write: {:?}", r.rows);
+    assert_eq!(r.rows[0].state, State::Confirmed);
+    let stored = stored_per_build(&sim.sim);
+    assert_eq!(
+        (stored.get("up-1"), stored.get("down-1")),
+        (Some(&1), Some(&1))
+    );
+    let counts = replayer.ledger().counts().await.expect("counts");
+    assert_eq!(
+        counts,
+        vec![(State::Confirmed, 2)],
+        "each write once in the ledger"
+    );
+    s.stop().await;
+    sim.stop().await;
+}
+
+/// Without `[fleet]` nothing of it runs: no `fleet` readiness line, no ledger, writes as before.
+#[tokio::test]
+async fn without_a_fleet_url_the_sidecar_runs_alone() {
+    let sim = simulator(SimOptions::default()).await;
+    let s = Sidecar::start(&sim.base_url, |_, _| {}).await;
+    let ready = get(&format!("http://{}/readyz", s.admin), &[]).await;
+    assert_eq!(ready.status, 200);
+    assert!(!ready.text().contains("fleet"), "{}", ready.text());
+    let headers = [("zsessionid", KEY), ("content-type", "application/json")];
+    let w = send(
+        Method::PUT,
+        &s.url(CREATE),
+        &headers,
+        result(Some("alone-1"), 1001),
+    )
+    .await;
+    assert_eq!(w.headers["x-rally-sidecar-confirmed"], "true");
+    assert!(w.headers.contains_key("x-rally-sidecar-journal-id"));
+    assert!(!w.headers.contains_key("x-rally-sidecar-ledger-id"));
+    s.stop().await;
+    sim.stop().await;
+}
