@@ -52,6 +52,9 @@ pub struct Interceptor {
     pub journal: Option<Journal>,
     /// Cancelled shortly before the shutdown deadline: held writes answer at once.
     pub give_up: CancellationToken,
+    /// Read-backs that go on after their client was answered (`confirm.hold = "ambiguous"`);
+    /// the drain waits for them.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 /// What interception makes of a request: the sidecar's own answer, or a request for the proxy
@@ -176,6 +179,7 @@ impl Interceptor {
             metrics,
             journal,
             give_up: CancellationToken::new(),
+            background: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -191,7 +195,7 @@ impl Interceptor {
 
 /// Handles an intercepted request end to end.
 pub async fn handle(
-    icpt: &Interceptor,
+    icpt: &Arc<Interceptor>,
     ctx: &RequestCtx,
     op: Operation,
     req: Request<Incoming>,

@@ -131,10 +131,16 @@ pub async fn run_with(
                 "writes left pending by an earlier run are marked unconfirmed; `rally-sidecar journal replay` re-sends them"
             );
         }
+        // The backlog is known from the start, not only after housekeeping's first round.
+        let backlog = journal.backlog().await.unwrap_or(0);
+        metrics.journal_backlog.set(backlog);
         readiness.set(
             "journal",
             true,
-            format!("open at {}", journal.path().display()),
+            format!(
+                "open at {}; backlog {backlog} (pending or unconfirmed)",
+                journal.path().display()
+            ),
         );
         Some(journal)
     } else {
@@ -156,13 +162,13 @@ pub async fn run_with(
         &rule_fields,
         config.guard.cache_ttl,
     ));
-    let interceptor = intercept::Interceptor::new(
+    let interceptor = Arc::new(intercept::Interceptor::new(
         config.clone(),
         lookups,
         context.clone(),
         metrics.clone(),
         journal.clone(),
-    );
+    ));
     let proxy_handle = Arc::new(Proxy::new(
         config.clone(),
         rally.clone(),
@@ -289,7 +295,6 @@ pub async fn run_with(
         shutdown,
     )
     .await;
-    drain_flag.abort();
     watcher.abort();
     if let Some(h) = housekeeping {
         h.abort();
@@ -303,6 +308,17 @@ pub async fn run_with(
             "connections cut at the end of the shutdown grace period"
         );
     }
+    // Read-backs still going on behind answered clients (`confirm.hold = "ambiguous"`): they
+    // end by the give-up before the grace deadline, their rows settled.
+    let background = &proxy_handle.interceptor().background;
+    background.close();
+    if tokio::time::timeout(grace, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background read-backs still running at the end of the grace period");
+    }
+    drain_flag.abort();
     if let Some(h) = heart {
         h.abort();
     }

@@ -17,4 +17,5 @@ mod process;
 mod promise;
 mod sim_api;
 mod support;
+mod throughput;
 mod transparency;
