@@ -2,6 +2,8 @@
 //! forwarded, and settled once its fate is known (`cargo bench --bench journal`). The journal
 //! uses `Full`; this measures what that costs against `Normal` on the machine it runs on.
 
+#![allow(clippy::expect_used)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use rally_sidecar::journal::{Durability, Journal, NewWrite, Settled, State};
 
