@@ -123,12 +123,49 @@ impl Config {
                 .listen
                 .max_connections
                 .unwrap_or(defaults::MAX_CONNECTIONS) as usize,
+            max_connections_per_peer: raw
+                .listen
+                .max_connections_per_peer
+                .unwrap_or(defaults::MAX_CONNECTIONS_PER_PEER)
+                as usize,
+            body_read_timeout: duration(
+                "listen.body_read_timeout",
+                raw.listen.body_read_timeout.as_deref(),
+                defaults::BODY_READ_TIMEOUT,
+                e,
+            ),
+            idle_timeout: duration(
+                "listen.idle_timeout",
+                raw.listen.idle_timeout.as_deref(),
+                defaults::IDLE_TIMEOUT,
+                e,
+            ),
+            http2_keep_alive_interval: duration(
+                "listen.http2_keep_alive_interval",
+                raw.listen.http2_keep_alive_interval.as_deref(),
+                defaults::HTTP2_KEEP_ALIVE_INTERVAL,
+                e,
+            ),
+            http2_keep_alive_timeout: duration(
+                "listen.http2_keep_alive_timeout",
+                raw.listen.http2_keep_alive_timeout.as_deref(),
+                defaults::HTTP2_KEEP_ALIVE_TIMEOUT,
+                e,
+            ),
         };
-        if listen.max_connections == 0 {
-            e.push(ConfigError {
-                key: "listen.max_connections".into(),
-                message: "must be at least 1".into(),
-            });
+        for (key, n) in [
+            ("listen.max_connections", listen.max_connections),
+            (
+                "listen.max_connections_per_peer",
+                listen.max_connections_per_peer,
+            ),
+        ] {
+            if n == 0 {
+                e.push(ConfigError {
+                    key: key.into(),
+                    message: "must be at least 1".into(),
+                });
+            }
         }
 
         let upstream_text = ov
@@ -208,18 +245,7 @@ impl Config {
             ),
         };
 
-        let admin_text = ov
-            .admin_listen
-            .clone()
-            .or_else(|| raw.admin.listen.clone())
-            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
-        let admin = AdminConfig {
-            listen: socket_addr("admin.listen", &admin_text, e),
-            enable_shutdown: raw
-                .admin
-                .enable_shutdown
-                .unwrap_or(defaults::ENABLE_SHUTDOWN),
-        };
+        let admin = super::admin::validate(raw, ov, e);
 
         let format = match raw.log.format.as_deref().unwrap_or(defaults::LOG_FORMAT) {
             "human" => LogFormat::Human,
@@ -389,7 +415,32 @@ fn validate_confirmation(
             e,
         ),
         max_confirmed: raw.journal.max_confirmed.unwrap_or(defaults::MAX_CONFIRMED),
+        max_bytes: raw.journal.max_bytes.unwrap_or(defaults::JOURNAL_MAX_BYTES),
+        rejected_retention: duration(
+            "journal.rejected_retention",
+            raw.journal.rejected_retention.as_deref(),
+            defaults::REJECTED_RETENTION,
+            e,
+        ),
+        rejected_body_retention: duration(
+            "journal.rejected_body_retention",
+            raw.journal.rejected_body_retention.as_deref(),
+            defaults::REJECTED_BODY_RETENTION,
+            e,
+        ),
     };
+    // A row holds at most one intercepted body; leave room for a few.
+    let max_body = raw.intercept.max_body.unwrap_or(defaults::MAX_BODY);
+    if journal.max_bytes < 4 * max_body {
+        e.push(ConfigError {
+            key: "journal.max_bytes".into(),
+            message: format!(
+                "{} bytes is too small: use at least 4 × intercept.max_body ({})",
+                journal.max_bytes,
+                4 * max_body
+            ),
+        });
+    }
     (confirm, journal)
 }
 
@@ -436,7 +487,17 @@ fn validate_interception(
             .enrich_updates
             .unwrap_or(defaults::ENRICH_UPDATES),
         block_status,
+        max_buffered: raw.intercept.max_buffered.unwrap_or(defaults::MAX_BUFFERED) as usize,
     };
+    if (intercept.max_buffered as u64) < max_body {
+        e.push(ConfigError {
+            key: "intercept.max_buffered".into(),
+            message: format!(
+                "{} bytes cannot hold even one body of intercept.max_body ({max_body})",
+                intercept.max_buffered
+            ),
+        });
+    }
     let build = raw
         .context
         .build
@@ -519,6 +580,12 @@ fn validate_interception(
             .block_closed_projects
             .unwrap_or(defaults::BLOCK_CLOSED_PROJECTS),
         on_lookup_error,
+        failure_cache_ttl: duration(
+            "guard.failure_cache_ttl",
+            raw.guard.failure_cache_ttl.as_deref(),
+            defaults::FAILURE_CACHE_TTL,
+            e,
+        ),
         rules,
     };
     (intercept, context, guard)
