@@ -184,9 +184,14 @@ pub async fn run_with(
         context: context.clone(),
         journal: journal.clone(),
         health: health.clone(),
+        auth: crate::admin::auth::Guard::new(&config.admin),
     });
     let mut admin_opts = ServeOptions::plain("admin");
     admin_opts.grace = std::time::Duration::from_secs(1);
+    // Probes, Prometheus and a few operators: a small cap, so the admin port cannot be used to
+    // hold thousands of sockets.
+    admin_opts.max_connections = 256;
+    admin_opts.max_connections_per_peer = 64;
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
         admin_opts,
@@ -219,6 +224,10 @@ pub async fn run_with(
         header_read_timeout: config.listen.header_read_timeout,
         http2: config.listen.http2,
         max_connections: config.listen.max_connections,
+        max_connections_per_peer: config.listen.max_connections_per_peer,
+        idle_timeout: config.listen.idle_timeout,
+        http2_keep_alive_interval: config.listen.http2_keep_alive_interval,
+        http2_keep_alive_timeout: config.listen.http2_keep_alive_timeout,
         grace: config.shutdown_grace,
         name: "proxy",
     };
