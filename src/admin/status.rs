@@ -39,7 +39,7 @@ impl Admin {
             .and_then(|l| l.parse().ok())
             .unwrap_or(100usize)
             .min(10_000);
-        let (rows, counts) = match (j.list(state, vec![], limit).await, j.counts().await) {
+        let (rows, counts) = match (j.list_without_bodies(state, limit).await, j.counts().await) {
             (Ok(r), Ok(c)) => (r, c),
             (Err(e), _) | (_, Err(e)) => {
                 return json_response(
@@ -81,7 +81,7 @@ impl Admin {
         };
         let (rows, counts) = match &self.journal {
             Some(j) => (
-                j.list(None, vec![], 50).await.unwrap_or_default(),
+                j.list_without_bodies(None, 50).await.unwrap_or_default(),
                 j.counts().await.unwrap_or_default(),
             ),
             None => (vec![], vec![]),
