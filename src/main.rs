@@ -515,6 +515,8 @@ fn journal(action: JournalCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Builds, test cases and Rally's error texts come from clients and Rally: escaped.
+        use rally_sidecar::telemetry::redact::escape_control as esc;
         if !replay {
             for r in &rows {
                 if json {
@@ -524,14 +526,14 @@ fn journal(action: JournalCommand) -> ExitCode {
                         "{:>6}  {:<11}  {}  {:<6}  tc={:<10} build={:<16} verdict={:<8} attempts={} oid={} {}",
                         r.id,
                         r.state.as_str(),
-                        r.received_at,
-                        r.operation,
-                        r.test_case.as_deref().unwrap_or("-"),
-                        r.build.as_deref().unwrap_or("-"),
-                        r.verdict.as_deref().unwrap_or("-"),
+                        esc(&r.received_at),
+                        esc(&r.operation),
+                        esc(r.test_case.as_deref().unwrap_or("-")),
+                        esc(r.build.as_deref().unwrap_or("-")),
+                        esc(r.verdict.as_deref().unwrap_or("-")),
                         r.attempts,
                         r.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
-                        r.last_error.as_deref().unwrap_or("")
+                        esc(r.last_error.as_deref().unwrap_or(""))
                     );
                 }
             }
@@ -548,7 +550,7 @@ fn journal(action: JournalCommand) -> ExitCode {
                     if json {
                         println!("{}", serde_json::to_string(d).unwrap_or_default());
                     } else {
-                        println!("{:>6}  {:<11}  oid={}  {}", d.id, d.state.as_str(), d.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), d.detail);
+                        println!("{:>6}  {:<11}  oid={}  {}", d.id, d.state.as_str(), d.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), esc(&d.detail));
                     }
                 }
                 eprintln!("replayed {}: {landed} confirmed, {} still unconfirmed", done.len(), done.len() - landed);
