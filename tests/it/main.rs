@@ -2,6 +2,7 @@
 //! Integration tests: one binary, a module per area (ripgrep's layout). Every test runs over
 //! real sockets on 127.0.0.1:0.
 
+mod admin_access;
 mod captures;
 mod confirm;
 mod e2e;
