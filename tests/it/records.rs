@@ -166,7 +166,7 @@ async fn text_from_clients_and_rally_cannot_forge_log_lines_or_reach_the_termina
     let journal = dir.join("j.sqlite");
     let (port, admin) = (free_port(), free_port());
     let bin = env!("CARGO_BIN_EXE_rally-sidecar");
-    let mut child = tokio::process::Command::new(bin)
+    let child = tokio::process::Command::new(bin)
         .args(["serve", "--upstream", &sim.base_url])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
