@@ -135,10 +135,16 @@ pub async fn run_with(
             .cap(config.journal.max_bytes)
             .await
             .map_err(|e| RunError::Setup(e.to_string()))?;
+        // The backlog is known before the sidecar reports ready; housekeeping keeps it current.
+        let backlog = journal.backlog().await.unwrap_or_default();
+        metrics.journal_backlog.set(backlog);
         readiness.set(
             "journal",
             true,
-            format!("open at {}", journal.path().display()),
+            format!(
+                "open at {}; backlog {backlog} (pending or unconfirmed)",
+                journal.path().display()
+            ),
         );
         Some(journal)
     } else {

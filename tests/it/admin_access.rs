@@ -203,9 +203,9 @@ async fn the_build_context_is_bounded() {
     sim.stop().await;
 }
 
-#[test]
-fn an_admin_listener_off_loopback_without_a_token_does_not_start() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"))
+#[tokio::test]
+async fn an_admin_listener_off_loopback_without_a_token_does_not_start() {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"))
         .args([
             "serve",
             "--admin-listen",
@@ -214,7 +214,16 @@ fn an_admin_listener_off_loopback_without_a_token_does_not_start() {
             "127.0.0.1:0",
         ])
         .env_remove("RALLY_SIDECAR_ADMIN_TOKEN")
-        .output()
+        .env(
+            "RALLY_SIDECAR_JOURNAL_PATH",
+            temp_dir("no-token").join("j.sqlite"),
+        )
+        .kill_on_drop(true)
+        .output();
+    // Were it to start, it would serve until killed: give it a bounded time.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+        .await
+        .expect("refused at once, not served")
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
