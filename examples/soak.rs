@@ -3,7 +3,7 @@
 //! every write is accounted for and the journal replayed. Bounded by `--writes`; the outage by
 //! `--outage`.
 //!
-//!     cargo run --release --example soak -- --writes 10000 --concurrency 64
+//!     cargo run --release --example soak -- --writes 10000 --concurrency 64 --profile realistic
 //!     cargo run --release --example soak -- --writes 3000 --outage-after 1000 --outage 30s
 //!     cargo run --release --example soak -- --writes 1000 --no-faults --latency 50ms [--direct]
 //!
@@ -27,6 +27,13 @@ struct Args {
     /// Seed of the simulator's faults.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// A named fault profile of the simulator instead of the soak's own ("realistic": the
+    /// soak's fault rates with read lag drawn in 0..8 s).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Every Nth write goes to the /slm/webservice/v2.x path (0: none).
+    #[arg(long, default_value_t = 3)]
+    v2x_every: usize,
     /// No faults at all (for scale and latency runs); --latency still applies.
     #[arg(long)]
     no_faults: bool,
@@ -61,9 +68,19 @@ fn main() -> std::process::ExitCode {
     let mut opts = SoakOptions::new(a.writes, &std::env::temp_dir());
     opts.concurrency = a.concurrency;
     opts.seed = a.seed;
+    if let Some(p) = &a.profile {
+        match FaultConfig::profile(p) {
+            Ok(f) => opts.faults = f,
+            Err(e) => {
+                eprintln!("soak: --profile: {e}");
+                return std::process::ExitCode::from(64);
+            }
+        }
+    }
     if a.no_faults {
         opts.faults = FaultConfig::default();
     }
+    opts.v2x_every = a.v2x_every;
     if a.latency.is_some() {
         opts.faults.latency = a.latency;
     }

@@ -61,6 +61,8 @@ pub struct Admin {
     pub health: Arc<crate::rally::health::UpstreamHealth>,
     /// Who may use which endpoint.
     pub auth: auth::Guard,
+    /// `context.build` and the CI variables: the status page says where a build comes from.
+    pub build_config: crate::config::ContextConfig,
 }
 
 pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
@@ -74,7 +76,9 @@ pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Respon
 }
 
 pub mod auth;
+mod builds;
 mod context;
+mod page;
 mod status;
 
 impl Admin {
@@ -119,7 +123,8 @@ impl Admin {
             ),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /readyz, /metrics, /context\n".into(),
+                "not found; try /, /healthz, /readyz, /metrics, /context, /builds, /status.json\n"
+                    .into(),
             ),
         }
     }
@@ -142,6 +147,10 @@ impl Handler for AdminHandler {
                 (_, "/context") => return Ok(admin.context(req).await),
                 (&Method::GET, "/") => return Ok(admin.status_page().await),
                 (&Method::GET, "/writes") => return Ok(admin.writes(req.uri().query()).await),
+                (&Method::GET, "/status.json") => return Ok(admin.status_json().await),
+                (&Method::GET, p) if p == "/builds" || p.starts_with("/builds/") => {
+                    return Ok(admin.builds(p, req.uri().query()).await);
+                }
                 _ => {}
             }
             Ok(admin.respond(&req))

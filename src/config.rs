@@ -140,6 +140,17 @@ pub use admin::{AdminConfig, AdminToken};
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// Whether the human format uses ANSI colours.
+    pub color: LogColor,
+}
+
+/// `log.color`: colours in the human format only on a terminal (`auto`), or always, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogColor {
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 /// Whether interception acts or only reports.
@@ -305,6 +316,7 @@ pub mod defaults {
     pub const ENABLE_SHUTDOWN: bool = false;
     pub const LOG_FORMAT: &str = "human";
     pub const LOG_LEVEL: &str = "info";
+    pub const LOG_COLOR: &str = "auto";
     pub const MODE: &str = "enforce";
     pub const MAX_BODY: u64 = 1024 * 1024;
     pub const ENRICH_UPDATES: bool = false;
@@ -394,6 +406,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn object_ids_from_the_environment_are_accepted_where_names_are() {
+        let env = [
+            (
+                "RALLY_SIDECAR_SCOPE_WORKSPACE".to_string(),
+                "12345".to_string(),
+            ),
+            (
+                "RALLY_SIDECAR_SCOPE_PROJECTS".to_string(),
+                "301".to_string(),
+            ),
+            ("RALLY_SIDECAR_CONTEXT_BUILD".to_string(), "42".to_string()),
+        ];
+        let cfg = Config::load(None, env, &Overrides::default()).expect("digits are valid");
+        assert_eq!(cfg.scope.workspace.as_deref(), Some("12345"));
+        assert_eq!(cfg.scope.projects, ["301"]);
+        assert_eq!(cfg.context.build.as_deref(), Some("42"));
+    }
+
+    #[test]
     fn every_error_is_reported_at_once() {
         let raw = RawConfig::from_toml(
             r#"
@@ -418,6 +449,18 @@ mod tests {
                 "shutdown_grace"
             ]
         );
+    }
+
+    #[test]
+    fn log_color_is_auto_unless_said_otherwise() {
+        let cfg = Config::validate(&RawConfig::default(), &Overrides::default()).expect("valid");
+        assert_eq!(cfg.log.color, LogColor::Auto);
+        let raw = RawConfig::from_toml("[log]\ncolor = \"never\"\n").expect("raw");
+        let cfg = Config::validate(&raw, &Overrides::default()).expect("valid");
+        assert_eq!(cfg.log.color, LogColor::Never);
+        let raw = RawConfig::from_toml("[log]\ncolor = \"rainbow\"\n").expect("raw");
+        let err = Config::validate(&raw, &Overrides::default()).expect_err("invalid");
+        assert_eq!(err.0[0].key, "log.color", "{err}");
     }
 
     #[test]

@@ -131,6 +131,24 @@ impl Expected {
         }
     }
 
+    /// Whether the Date sent (if any) is one Rally could take: ISO 8601, a date or a date and
+    /// time, with an offset, `Z`, or none (the user's time zone).
+    pub fn date_is_wellformed(&self) -> bool {
+        use time::macros::format_description;
+        let Some(d) = self.date.as_deref() else {
+            return true;
+        };
+        instant(d).is_some()
+            || time::Date::parse(d, format_description!("[year]-[month]-[day]")).is_ok()
+            || time::PrimitiveDateTime::parse(
+                d,
+                format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
+                ),
+            )
+            .is_ok()
+    }
+
     /// `None` if `stored` (a read-back TestCaseResult) is the result sent; else what differs.
     pub fn compare(&self, stored: &Map<String, Value>) -> Option<String> {
         let mut diffs = Vec::new();
@@ -284,10 +302,17 @@ pub async fn confirm<U: Upstream>(
     give_up: impl std::future::Future<Output = ()> + Send,
 ) -> Fate {
     let progress = Progress::default();
+    // `confirm.timeout` bounds the whole hold, whatever is in flight when it is reached (a
+    // submit, a read-back or a search can each take up to `upstream.response_timeout`).
+    let bound = tokio::time::sleep(policy.timeout);
     tokio::select! {
         biased;
         fate = drive(up, kind, look_first, expected, policy, jitter, &progress) => fate,
-        _ = give_up => progress.interrupted(),
+        _ = give_up => progress.interrupted("the sidecar is shutting down"),
+        _ = bound => progress.interrupted(&format!(
+            "confirm.timeout ({}) reached",
+            humantime::format_duration(policy.timeout)
+        )),
     }
 }
 
@@ -310,16 +335,16 @@ impl Progress {
         }
     }
 
-    fn interrupted(&self) -> Fate {
+    fn interrupted(&self, why: &str) -> Fate {
         use std::sync::atomic::Ordering::Relaxed;
         let cause = self.cause.lock().map(|c| c.clone()).unwrap_or_default();
         let id = self.object_id.load(Relaxed);
         Fate::Unconfirmed {
             attempts: self.attempts.load(Relaxed),
             cause: if cause.is_empty() || cause == "no attempt made" {
-                "the sidecar is shutting down".into()
+                why.into()
             } else {
-                format!("{cause}; the sidecar is shutting down")
+                format!("{cause}; {why}")
             },
             object_id: (id != 0).then_some(id),
         }
@@ -442,6 +467,22 @@ async fn drive<U: Upstream>(
                 return Fate::Rejected {
                     attempts,
                     cause,
+                    answer: raw,
+                };
+            }
+            Answer::Retry {
+                cause: c,
+                retry_after,
+            } if c.contains("Unit Of Work") && !expected.date_is_wellformed() => {
+                // Rally gives the same text for a badly formatted Date as for a conflict
+                // (KB 77114): with a Date that cannot be right, retrying would only repeat it.
+                let _ = retry_after;
+                return Fate::Rejected {
+                    attempts,
+                    cause: format!(
+                        "{c} (the Date sent, {:?}, is not an ISO 8601 date)",
+                        expected.date.as_deref().unwrap_or("")
+                    ),
                     answer: raw,
                 };
             }

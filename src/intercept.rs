@@ -101,11 +101,22 @@ impl Scope {
     }
 }
 
+/// Who wrote a result, as the journal records it: never the credential itself.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// The credential's digest, keyed by the journal's secret.
+    pub digest: String,
+    /// The Rally user, when Rally told who the credential belongs to.
+    pub user: Option<crate::rally::lookups::User>,
+}
+
 /// What one intercepted request brings to every result it carries: the request's context,
 /// the caller's credential, its scope and the build it named in a header.
 pub struct WriteCtx<'a> {
     pub req: &'a RequestCtx,
     pub cred: &'a Credential,
+    /// Who writes: the credential's digest and its Rally user, resolved once per request.
+    pub writer: Writer,
     pub scope: Scope,
     pub header_build: Option<String>,
     /// The envelope kind of the answer the client expects.
@@ -113,6 +124,34 @@ pub struct WriteCtx<'a> {
 }
 
 impl WriteCtx<'_> {
+    /// Refs in the body that carry the sidecar's own origin (copied from its rewritten
+    /// answers) are sent to Rally with Rally's origin: whether Rally accepts a foreign host in
+    /// a ref is not documented, so the sidecar does not find out.
+    /// The body as a JSON object, with refs carrying the sidecar's origin rebased on Rally's.
+    fn parse(
+        &self,
+        icpt: &Interceptor,
+        body: &[u8],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ProxyError> {
+        let map = envelope::parse(body).map_err(|e| self.bad(e))?;
+        let mut v = serde_json::Value::Object(map);
+        self.rebase(icpt, &mut v);
+        match v {
+            serde_json::Value::Object(m) => Ok(m),
+            _ => Err(self.bad(envelope::BodyError::NotObject)),
+        }
+    }
+
+    fn rebase(&self, icpt: &Interceptor, v: &mut serde_json::Value) {
+        let upstream = icpt.lookups.rally().origin();
+        if let Some(from) = self.req.client_origin.as_deref().filter(|o| *o != upstream) {
+            let n = envelope::rebase_refs(v, from, upstream);
+            if n > 0 {
+                tracing::debug!(refs = n, "refs with the sidecar's origin sent with Rally's");
+            }
+        }
+    }
+
     /// A body the sidecar cannot handle: refused, nothing forwarded.
     fn bad(&self, e: envelope::BodyError) -> ProxyError {
         ProxyError::Refused {
@@ -185,9 +224,20 @@ pub async fn handle(
         .headers
         .remove(BUILD_HEADER)
         .and_then(|v| v.to_str().ok().map(str::to_string));
+    let writer = Writer {
+        digest: cred.fingerprint().to_string(),
+        user: match icpt.lookups.owner(cred).await {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "Rally did not say whose credential this is");
+                None
+            }
+        },
+    };
     let w = WriteCtx {
         req: ctx,
         cred,
+        writer,
         scope: Scope::of_query(parts.uri.query()),
         header_build,
         kind,
@@ -200,7 +250,9 @@ pub async fn handle(
             results_add::handle(icpt, &w, &test_case, parts, body).await
         }
         Operation::Batch => batch::handle(icpt, &w, parts, body).await,
-        Operation::Passthrough => Ok(Outcome::forward(parts, body)),
+        Operation::Passthrough | Operation::OtherVersion { .. } => {
+            Ok(Outcome::forward(parts, body))
+        }
     }
 }
 

@@ -28,8 +28,11 @@
 
 pub mod capacity;
 pub mod owner;
+mod report;
 mod schema;
 mod summary;
+
+pub use report::{BuildCounts, WriteView};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -61,15 +61,18 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Can this credential (RALLY_API_KEY, or RALLY_USERNAME/RALLY_PASSWORD) write TestCaseResults?
-    /// Exit codes: 0 yes everywhere, 1 not in some project, 2 unreachable, 3 credential refused,
-    /// 4 read-only key, 5 workspace not found, 64 usage.
+    /// Without --project (or scope.projects) every project the user has a permission in is
+    /// checked. Exit codes: 0 yes (every named project; or at least one discovered), 1 no,
+    /// 2 unreachable, 3 credential refused, 4 read-only key, 5 workspace not found, 6 no project
+    /// to check, 64 usage.
     Check {
         #[command(flatten)]
         serve: ServeArgs,
         /// Workspace (name, ref or ObjectID) [default: scope.workspace, else the user's default].
         #[arg(long)]
         workspace: Option<String>,
-        /// Project (name, ref or ObjectID); repeat for several [default: scope.projects].
+        /// Project (name, ref or ObjectID); repeat for several [default: scope.projects, else
+        /// every project the user has a permission in].
         #[arg(long = "project")]
         projects: Vec<String>,
         /// JSON instead of text.
@@ -94,6 +97,22 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Did every result of a build land? Reads the journal; changes nothing.
+    /// Exit codes: 0 all confirmed, 1 journal unreadable, 2 refused or rejected, 3 unconfirmed,
+    /// 4 still pending, 5 nothing journaled for the build, 64 usage.
+    Summary {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The build [default: context.build, else the first CI variable of context.build_env].
+        #[arg(long)]
+        build: Option<String>,
+        /// Wait up to this long ("2m") for pending writes to settle first.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+        /// text, json, markdown (a CI job summary) or junit (JUnit XML).
+        #[arg(long, value_enum, default_value_t)]
+        format: rally_sidecar::commands::summary::Format,
     },
     /// Inspect and replay the journal of intercepted writes.
     Journal {
@@ -218,6 +237,17 @@ fn main() -> ExitCode {
         }
         Some(Command::Simulate(args)) => simulate(args),
         Some(Command::Journal { action }) => journal(action),
+        Some(Command::Summary {
+            serve,
+            build,
+            wait,
+            format,
+        }) => match load_config(&serve) {
+            Ok(cfg) => ExitCode::from(rally_sidecar::commands::summary::cli(
+                &cfg, build, wait, format,
+            )),
+            Err(code) => code,
+        },
         Some(Command::Sweep {
             serve,
             once: _,
@@ -338,6 +368,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
     rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
+        color: rally_sidecar::config::LogColor::Auto,
     });
     let fixtures = match &args.fixtures {
         Some(p) => match Fixtures::from_file(p) {
@@ -358,7 +389,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
         reset_rate: args.reset_rate,
         invalid_key_rate: args.invalid_key_rate,
         read_lag: args.read_lag.clone(),
-        script: vec![],
+        ..FaultConfig::default()
     };
     let faults = match FaultConfig::profile(args.profile.as_deref().unwrap_or("none")) {
         Ok(base) => base.overridden_by(&flags),
@@ -444,6 +475,7 @@ fn demo(
     rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
+        color: rally_sidecar::config::LogColor::Auto,
     });
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -463,6 +495,7 @@ fn demo(
 }
 
 fn journal(action: JournalCommand) -> ExitCode {
+    use rally_sidecar::commands::journal as cmd;
     use rally_sidecar::journal::{Journal, State};
     let (serve, state, limit, ids, json, replay) = match action {
         JournalCommand::List {
@@ -471,14 +504,7 @@ fn journal(action: JournalCommand) -> ExitCode {
             limit,
             json,
         } => (serve, state, limit, vec![], json, false),
-        JournalCommand::Replay { serve, ids, json } => (
-            serve,
-            Some("unconfirmed".to_string()),
-            100_000,
-            ids,
-            json,
-            true,
-        ),
+        JournalCommand::Replay { serve, ids, json } => (serve, None, 0, ids, json, true),
     };
     let cfg = match load_config(&serve) {
         Ok(c) => c,
@@ -489,14 +515,16 @@ fn journal(action: JournalCommand) -> ExitCode {
         Some((_, Some(s))) => Some(s),
         Some((s, None)) => {
             eprintln!(
-                "rally-sidecar journal: --state {s:?} is not one of pending, confirmed, rejected, unconfirmed"
+                "rally-sidecar journal: --state {s:?} is not one of pending, confirmed, rejected, unconfirmed, refused"
             );
             return ExitCode::from(EX_USAGE);
         }
     };
-    let api_key = std::env::var("RALLY_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
+    let operator = rally_sidecar::rally::credential::Operator::from_env();
+    let api_key = operator
+        .as_ref()
+        .and_then(|o| o.api_key())
+        .map(str::to_string);
     if replay && api_key.is_none() {
         eprintln!(
             "rally-sidecar journal replay: set RALLY_API_KEY to a full-access API key of the user the results belong to"
@@ -508,6 +536,7 @@ fn journal(action: JournalCommand) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
+        // Opening to inspect or replay never changes a row by itself.
         let j = match Journal::open(&cfg.journal.path) {
             Ok(x) => x,
             Err(e) => {
@@ -515,33 +544,19 @@ fn journal(action: JournalCommand) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let rows = match j.list(if replay { Some(State::Unconfirmed) } else { state }, ids, limit).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("rally-sidecar journal: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // Builds, test cases and Rally's error texts come from clients and Rally: escaped.
-        use rally_sidecar::telemetry::redact::escape_control as esc;
         if !replay {
+            let rows = match j.list(state, ids, limit).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("rally-sidecar journal: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             for r in &rows {
                 if json {
                     println!("{}", serde_json::to_string(r).unwrap_or_default());
                 } else {
-                    println!(
-                        "{:>6}  {:<11}  {}  {:<6}  tc={:<10} build={:<16} verdict={:<8} attempts={} oid={} {}",
-                        r.id,
-                        r.state.as_str(),
-                        esc(&r.received_at),
-                        esc(&r.operation),
-                        esc(r.test_case.as_deref().unwrap_or("-")),
-                        esc(r.build.as_deref().unwrap_or("-")),
-                        esc(r.verdict.as_deref().unwrap_or("-")),
-                        r.attempts,
-                        r.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
-                        esc(r.last_error.as_deref().unwrap_or(""))
-                    );
+                    println!("{}", cmd::render_row(r));
                 }
             }
             if !json {
@@ -550,18 +565,26 @@ fn journal(action: JournalCommand) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         let key = api_key.unwrap_or_default();
-        match rally_sidecar::commands::replay::replay(std::sync::Arc::new(cfg), &j, rows, &key).await {
-            Ok(done) => {
-                let landed = done.iter().filter(|d| d.state == State::Confirmed).count();
-                for d in &done {
-                    if json {
+        match cmd::replay_journal(std::sync::Arc::new(cfg), &j, ids, &key).await {
+            Ok(report) => {
+                let (lines, summary) = cmd::render_replay(&report);
+                if json {
+                    for d in &report.rows {
                         println!("{}", serde_json::to_string(d).unwrap_or_default());
-                    } else {
-                        println!("{:>6}  {:<11}  oid={}  {}", d.id, d.state.as_str(), d.object_id.map(|o| o.to_string()).unwrap_or_else(|| "-".into()), esc(&d.detail));
                     }
+                } else {
+                    print!("{lines}");
                 }
-                eprintln!("replayed {}: {landed} confirmed, {} still unconfirmed", done.len(), done.len() - landed);
-                if landed == done.len() { ExitCode::SUCCESS } else { ExitCode::from(2) }
+                eprintln!("{summary}");
+                let done = report
+                    .rows
+                    .iter()
+                    .all(|d| d.skipped.is_none() && d.state == State::Confirmed);
+                if done {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                }
             }
             Err(e) => {
                 eprintln!("rally-sidecar journal replay: {e}");

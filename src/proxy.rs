@@ -79,6 +79,18 @@ impl Proxy {
             client_origin_of(req.headers(), req.uri(), conn.tls),
             self.rally.credential(req.headers()),
         );
+        // Learn whose credential this is (once, in the background): Rally's cap is per user,
+        // so the governor counts a user's keys together as soon as it knows.
+        if let Some(cred) = ctx
+            .credential
+            .as_ref()
+            .filter(|c| !self.rally.knows_user(c))
+        {
+            let (lookups, cred) = (self.interceptor.lookups.clone(), cred.clone());
+            tokio::spawn(async move {
+                let _ = lookups.owner(&cred).await;
+            });
+        }
         let span = tracing::info_span!("request", id = %ctx.id);
         let method = req.method().clone();
         let path = redact::path_and_query(
@@ -157,7 +169,15 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         self.admit(&req, &ctx.conn)?;
         let op = crate::intercept::classify::classify(req.method(), req.uri().path());
-        if op != Operation::Passthrough {
+        if let Operation::OtherVersion { version } = &op {
+            self.metrics
+                .other_versions
+                .get_or_create(&crate::telemetry::metrics::VersionLabels {
+                    version: version.clone(),
+                })
+                .inc();
+        }
+        if op.is_intercepted() {
             return match crate::intercept::handle(&self.interceptor, ctx, op, req).await? {
                 Outcome::Answer(resp) => Ok(resp),
                 Outcome::Forward {

@@ -43,6 +43,8 @@ pub struct Rally {
     authority: HeaderValue,
     governor: Governor,
     fingerprints: Fingerprinter,
+    /// Credential fingerprint → its Rally user, once known: the governor's key.
+    users: moka::sync::Cache<String, Arc<str>>,
     health: Arc<UpstreamHealth>,
     metrics: Arc<Metrics>,
 }
@@ -79,6 +81,10 @@ impl Rally {
                 authority,
                 governor,
                 fingerprints: Fingerprinter::new(),
+                users: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_idle(Duration::from_secs(3600))
+                    .build(),
                 health,
                 metrics,
                 cfg,
@@ -125,6 +131,28 @@ impl Rally {
         self.fingerprints.of(headers)
     }
 
+    /// Records the Rally user a credential belongs to: from then on its requests count
+    /// against that user's slots, shared with every other key of the same user (Rally's cap
+    /// is per user: KB 95713, KB 10814).
+    pub fn learn_user(&self, cred: &Credential, user: &str) {
+        self.users.insert(
+            cred.fingerprint().to_string(),
+            Arc::from(format!("user:{user}")),
+        );
+    }
+
+    /// Whether the credential's Rally user is known.
+    pub fn knows_user(&self, cred: &Credential) -> bool {
+        self.users.contains_key(cred.fingerprint())
+    }
+
+    /// The governor's key for a credential: its Rally user once known, else the credential.
+    fn lane_of(&self, fingerprint: &str) -> Arc<str> {
+        self.users
+            .get(fingerprint)
+            .unwrap_or_else(|| Arc::from(format!("credential:{fingerprint}")))
+    }
+
     /// Requests waiting for a slot, across all users (for metrics).
     pub fn waiting(&self) -> usize {
         self.governor.waiting()
@@ -145,7 +173,7 @@ impl Rally {
         let slot = match self.fingerprints.of(&parts.headers) {
             Some(c) => Some(
                 self.governor
-                    .acquire_as(c.fingerprint(), priority)
+                    .acquire_as(&self.lane_of(c.fingerprint()), priority)
                     .await
                     .map_err(|e| ProxyError::Overloaded(e.to_string()))?,
             ),
@@ -318,6 +346,31 @@ pub struct Session {
 impl Session {
     pub fn new(cfg: &Config, operator: &credential::Operator) -> Result<Session, String> {
         let (rally, route) = Rally::standalone(cfg).map_err(|e| e.to_string())?;
+        Session::assemble(cfg, operator, rally, route)
+    }
+
+    /// [`Session::new`] naming the operator's credential with the journal's writer key, so
+    /// that its digest can be compared with the journal's rows.
+    pub fn with_writer_key(
+        cfg: &Config,
+        operator: &credential::Operator,
+        key: [u8; 32],
+    ) -> Result<Session, String> {
+        let (rally, route) = Rally::new(
+            Arc::new(cfg.clone()),
+            Arc::new(Metrics::new()),
+            Arc::new(UpstreamHealth::default()),
+        )
+        .map_err(|e| e.to_string())?;
+        Session::assemble(cfg, operator, Arc::new(rally.with_writer_key(key)), route)
+    }
+
+    fn assemble(
+        cfg: &Config,
+        operator: &credential::Operator,
+        rally: Arc<Rally>,
+        route: Route,
+    ) -> Result<Session, String> {
         let cred = rally
             .credential(&operator.headers())
             .ok_or("the credential is empty")?;

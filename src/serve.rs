@@ -194,6 +194,7 @@ pub async fn run_with(
         journal: journal.clone(),
         health: health.clone(),
         auth: crate::admin::auth::Guard::new(&config.admin),
+        build_config: config.context.clone(),
     });
     let mut admin_opts = ServeOptions::plain("admin");
     admin_opts.grace = std::time::Duration::from_secs(1);

@@ -60,6 +60,9 @@ impl Envelope {
 
 /// `{"<Envelope>": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "Errors": [...], "Warnings": [...]}}`
 pub fn error_envelope(kind: Envelope, errors: &[String], warnings: &[String]) -> Value {
+    if kind == Envelope::Batch {
+        return batch_envelope(errors, warnings, Vec::new());
+    }
     let mut inner = Map::new();
     inner.insert("_rallyAPIMajor".into(), json!(API_MAJOR));
     inner.insert("_rallyAPIMinor".into(), json!(API_MINOR));

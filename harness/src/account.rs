@@ -39,6 +39,19 @@ pub async fn drive(
     began: Instant,
     started: impl Fn(usize) + Send + Sync + 'static,
 ) -> Vec<Outcome> {
+    drive_paths(base, builds, concurrency, 0, began, started).await
+}
+
+/// [`drive`], with every `v2x_every`-th write (0: none) sent to the `v2.x` path Rally also
+/// serves, so that path's interception is soaked too.
+pub async fn drive_paths(
+    base: &str,
+    builds: Vec<String>,
+    concurrency: usize,
+    v2x_every: usize,
+    began: Instant,
+    started: impl Fn(usize) + Send + Sync + 'static,
+) -> Vec<Outcome> {
     let client = client(concurrency);
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let started = Arc::new(started);
@@ -49,7 +62,12 @@ pub async fn drive(
         };
         started(i + 1);
         let client = client.clone();
-        let url = format!("{base}{WS}/testcaseresult/create");
+        let root = if v2x_every > 0 && i % v2x_every == v2x_every - 1 {
+            "/slm/webservice/v2.x"
+        } else {
+            WS
+        };
+        let url = format!("{base}{root}/testcaseresult/create");
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let body = json!({"TestCaseResult": {
@@ -238,7 +256,7 @@ pub async fn replay_all(
             break;
         }
         let n = rows.len();
-        let done = rally_sidecar::commands::replay::replay(cfg.clone(), j, rows, API_KEY).await?;
+        let done = rally_sidecar::commands::journal::replay(cfg.clone(), j, rows, API_KEY).await?;
         let confirmed = done.iter().filter(|r| r.state == State::Confirmed).count();
         out.push(ReplayPass {
             rows: n,

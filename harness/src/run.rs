@@ -63,6 +63,8 @@ pub struct SoakOptions {
     pub dir: PathBuf,
     /// Prints progress to stderr.
     pub progress: bool,
+    /// Every `v2x_every`-th write goes to `/slm/webservice/v2.x` (0: none).
+    pub v2x_every: usize,
 }
 
 impl SoakOptions {
@@ -78,6 +80,7 @@ impl SoakOptions {
             readback_window: "10s".into(),
             dir: dir.to_path_buf(),
             progress: false,
+            v2x_every: 3,
         }
     }
 }
@@ -333,20 +336,27 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport, String> {
     let trigger = std::sync::Mutex::new(Some(outage_tx));
     let progress = opts.progress;
     let total = opts.writes;
-    let outcomes = drive(&base, builds.clone(), opts.concurrency, began, move |n| {
-        if Some(n) == outage_after
-            && let Ok(mut t) = trigger.lock()
-            && let Some(tx) = t.take()
-        {
-            let _ = tx.send(());
-        }
-        if progress && n % 1000 == 0 {
-            eprintln!(
-                "soak: {n}/{total} started after {:.1} s",
-                began.elapsed().as_secs_f64()
-            );
-        }
-    })
+    let outcomes = drive_paths(
+        &base,
+        builds.clone(),
+        opts.concurrency,
+        opts.v2x_every,
+        began,
+        move |n| {
+            if Some(n) == outage_after
+                && let Ok(mut t) = trigger.lock()
+                && let Some(tx) = t.take()
+            {
+                let _ = tx.send(());
+            }
+            if progress && n % 1000 == 0 {
+                eprintln!(
+                    "soak: {n}/{total} started after {:.1} s",
+                    began.elapsed().as_secs_f64()
+                );
+            }
+        },
+    )
     .await;
     let elapsed = began.elapsed().as_secs_f64();
 

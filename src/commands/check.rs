@@ -27,6 +27,9 @@ pub mod exit {
     pub const READ_ONLY: u8 = 4;
     /// The workspace was not found.
     pub const NO_WORKSPACE: u8 = 5;
+    /// No project was given and the user has no permission in any project of the workspace
+    /// and no default project: nothing could be checked.
+    pub const NO_PROJECTS: u8 = 6;
 }
 
 pub use crate::rally::credential::Operator as Credential;
@@ -275,11 +278,30 @@ pub async fn run(
     };
     let admin = sub_admin || ws_role.as_deref() == Some("Admin");
 
-    let wanted = if projects.is_empty() {
+    let mut wanted = if projects.is_empty() {
         cfg.scope.projects.clone()
     } else {
         projects
     };
+    // Without projects to check, every project the user has a permission in (in this
+    // workspace), else the user's default project: "yes" must mean somewhere real.
+    let discovered = wanted.is_empty();
+    if discovered {
+        wanted = perms
+            .iter()
+            .filter(|x| x["_type"] == "ProjectPermission")
+            .filter(|x| x["Workspace"].is_null() || ref_oid(&x["Workspace"]) == ws_oid)
+            .filter_map(|x| ref_oid(&x["Project"]))
+            .map(|oid| format!("/project/{oid}"))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty()
+            && let Some(p) = default_project(&rally, user_oid).await
+        {
+            wanted.push(p);
+        }
+    }
     for name in wanted {
         let (_, v) = rally
             .call(Method::GET, &lookup_path("project", &name, ws_oid), None)
@@ -338,16 +360,51 @@ pub async fn run(
             why,
         });
     }
-    if report.projects.iter().any(|p| !p.can_write) {
+    let writable = report.projects.iter().filter(|p| p.can_write).count();
+    if report.projects.is_empty() {
+        report.exit_code = exit::NO_PROJECTS;
+        report.problem = Some(
+            "no project to check: none given (--project, scope.projects), no permission in any project of the workspace, no default project".into(),
+        );
+    } else if writable == 0 || (!discovered && writable < report.projects.len()) {
+        // Projects named by the operator must all take results; discovered ones are what the
+        // user may reach, and one that takes results is a yes.
         report.exit_code = exit::SOME_PROJECTS_REFUSED;
     }
     report
 }
 
+/// The user's default project, as a ref.
+async fn default_project(rally: &crate::rally::Session, user_oid: i64) -> Option<String> {
+    let (_, v) = rally
+        .call(
+            Method::GET,
+            &format!("user/{user_oid}?fetch=UserProfile"),
+            None,
+        )
+        .await
+        .ok()?;
+    let profile = v["User"]["UserProfile"]["_ref"]
+        .as_str()
+        .and_then(crate::wsapi::scope_id)?;
+    let (_, v) = rally
+        .call(
+            Method::GET,
+            &format!("userprofile/{profile}?fetch=DefaultProject"),
+            None,
+        )
+        .await
+        .ok()?;
+    let oid = v["UserProfile"]["DefaultProject"]["_ref"]
+        .as_str()
+        .and_then(crate::wsapi::scope_id)?;
+    Some(format!("/project/{oid}"))
+}
+
 /// The report as text.
 pub fn render(r: &Report) -> String {
     // Names and texts from Rally are escaped: they cannot write to the operator's terminal.
-    use crate::telemetry::redact::escape_control as esc;
+    use crate::telemetry::redact::escape_controls as esc;
     let mut s = format!("upstream:   {} ({})\n", esc(&r.upstream), esc(&r.route));
     if let Some(u) = &r.user {
         s.push_str(&format!(

@@ -476,7 +476,7 @@ pub fn render(r: &SweepReport) -> String {
             .map(|(_, x)| x.to_string())
             .unwrap_or_else(|| "planned".into());
         // Values from Rally are escaped: a Build cannot write to the operator's terminal.
-        use crate::telemetry::redact::escape_control as esc;
+        use crate::telemetry::redact::escape_controls as esc;
         s.push_str(&format!(
             "  {:>12}  tc={:<8} build={:<16} {} -> {}  dated {}  {}\n",
             a.object_id,

@@ -78,6 +78,7 @@ impl std::fmt::Debug for RawAdmin {
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
+    pub color: Option<String>,
 }
 
 /// A value written as a string or a number (`RALLY_SIDECAR_BUILD=1234` arrives as a number).
@@ -87,6 +88,12 @@ pub enum Text {
     Str(String),
     Int(i64),
     Float(f64),
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::Str(s.to_string())
+    }
 }
 
 impl Text {
@@ -105,12 +112,15 @@ impl Text {
 pub enum List {
     Items(Vec<String>),
     Comma(String),
+    /// One ObjectID from the environment (digit-only values arrive as integers).
+    One(i64),
 }
 
 impl List {
     pub fn into_vec(self) -> Vec<String> {
         match self {
             List::Items(v) => v,
+            List::One(i) => vec![i.to_string()],
             List::Comma(s) => s
                 .split(',')
                 .map(|x| x.trim().to_string())
@@ -164,7 +174,8 @@ pub struct RawSweep {
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawScope {
-    pub workspace: Option<String>,
+    /// A name, a ref or an ObjectID (digit-only from the environment: an integer).
+    pub workspace: Option<Text>,
     pub projects: Option<List>,
 }
 

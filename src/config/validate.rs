@@ -258,6 +258,18 @@ impl Config {
                 LogFormat::Human
             }
         };
+        let color = match raw.log.color.as_deref().unwrap_or(defaults::LOG_COLOR) {
+            "auto" => LogColor::Auto,
+            "always" => LogColor::Always,
+            "never" => LogColor::Never,
+            other => {
+                e.push(ConfigError {
+                    key: "log.color".into(),
+                    message: format!("{other:?} is not one of \"auto\", \"always\", \"never\""),
+                });
+                LogColor::Auto
+            }
+        };
         let level = raw
             .log
             .level
@@ -310,7 +322,11 @@ impl Config {
                 listen,
                 upstream,
                 admin,
-                log: LogConfig { format, level },
+                log: LogConfig {
+                    format,
+                    level,
+                    color,
+                },
                 shutdown_grace,
                 rewrite_refs: raw.top.rewrite_refs.unwrap_or(defaults::REWRITE_REFS),
                 intercept,
@@ -319,7 +335,12 @@ impl Config {
                 confirm,
                 journal,
                 scope: ScopeConfig {
-                    workspace: raw.scope.workspace.clone().filter(|w| !w.trim().is_empty()),
+                    workspace: raw
+                        .scope
+                        .workspace
+                        .clone()
+                        .map(Text::into_string)
+                        .filter(|w| !w.trim().is_empty()),
                     projects: raw
                         .scope
                         .projects

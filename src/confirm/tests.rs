@@ -394,6 +394,107 @@ async fn retry_after_is_honoured_and_the_timeout_bounds_everything() {
     assert!(t.elapsed() <= policy().timeout, "within confirm.timeout");
 }
 
+/// An upstream that never answers: each call hangs (as a submit can for
+/// `upstream.response_timeout`).
+struct Silent;
+
+#[async_trait::async_trait]
+impl Upstream for Silent {
+    async fn submit(&self) -> (Answer, Option<RawAnswer>) {
+        std::future::pending().await
+    }
+    async fn read(&self, _: i64) -> ReadBack {
+        std::future::pending().await
+    }
+    async fn find(&self, _: &str) -> Result<Vec<i64>, String> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unit_of_work_is_retried_unless_the_date_cannot_be_right() {
+    let uow = || Answer::Retry {
+        cause: "Could not update: Could not write changes in Unit Of Work".into(),
+        retry_after: None,
+    };
+    let s = Script::default();
+    s.answers
+        .lock()
+        .expect("lock")
+        .extend([uow(), Answer::Accepted { object_id: 5 }]);
+    s.store.lock().expect("lock").push((5, 0, "b1".into()));
+    assert!(
+        matches!(
+            run(&s, Kind::Create).await,
+            Fate::Confirmed { attempts: 2, .. }
+        ),
+        "a well-formed Date: a conflict in other words, retried"
+    );
+    let s = Script::default();
+    s.answers.lock().expect("lock").extend([uow(), uow()]);
+    let mut bad = expected();
+    bad.date = Some("yesterday at noon".into());
+    let fate = confirm(
+        &s,
+        Kind::Create,
+        false,
+        &bad,
+        &policy(),
+        || 0.5,
+        std::future::pending(),
+    )
+    .await;
+    assert!(
+        matches!(&fate, Fate::Rejected { attempts: 1, cause, .. } if cause.contains("not an ISO 8601 date")),
+        "{fate:?}"
+    );
+    assert!(
+        Expected {
+            date: Some("2026-01-01".into()),
+            ..expected()
+        }
+        .date_is_wellformed()
+    );
+    assert!(
+        Expected {
+            date: Some("2026-01-01T10:00:00".into()),
+            ..expected()
+        }
+        .date_is_wellformed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timeout_bounds_a_submit_that_never_returns() {
+    let mut p = policy();
+    p.timeout = Duration::from_secs(7);
+    let started = tokio::time::Instant::now();
+    let fate = confirm(
+        &Silent,
+        Kind::Create,
+        false,
+        &expected(),
+        &p,
+        || 0.5,
+        std::future::pending(),
+    )
+    .await;
+    match fate {
+        Fate::Unconfirmed {
+            attempts, cause, ..
+        } => {
+            assert_eq!(attempts, 1, "the first submit was under way");
+            assert!(cause.contains("confirm.timeout (7s) reached"), "{cause}");
+        }
+        other => panic!("expected unconfirmed, got {other:?}"),
+    }
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(7),
+        "answered exactly at the bound"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_update_that_reads_back_different_is_unconfirmed() {
     let s = Script::default();

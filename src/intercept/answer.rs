@@ -14,7 +14,7 @@ use super::enrich::{self, Filled};
 use crate::confirm::{Expected, Fate, RawAnswer};
 use crate::error::{full, wsapi_response};
 use crate::server::Body;
-use crate::wsapi::{Envelope, SERVICE_ROOT, headers};
+use crate::wsapi::{Envelope, SERVICE_ROOT, batch_element, headers};
 
 /// Sets a header if the value is a valid header value.
 pub fn set(resp: &mut Response<Body>, name: &'static str, value: &str) {
@@ -161,35 +161,37 @@ pub fn element(icpt: &Interceptor, fate: Fate, expected: &Expected) -> Value {
         | Fate::Rejected {
             answer: Some(a), ..
         } => element_of(&a.body),
-        Fate::Confirmed { object_id, .. } => {
-            json!({"Object": adopted_object(icpt, object_id, expected), "Errors": [], "Warnings": [ADOPTED]})
-        }
-        Fate::Rejected { cause, .. } => json!({"Errors": [cause], "Warnings": []}),
+        Fate::Confirmed { object_id, .. } => batch_element(
+            &[],
+            &[ADOPTED.to_string()],
+            Some(adopted_object(icpt, object_id, expected)),
+        ),
+        Fate::Rejected { cause, .. } => batch_element(&[cause], &[], None),
         Fate::Unconfirmed {
             attempts, cause, ..
-        } => json!({"Errors": [unconfirmed_message(attempts, &cause)], "Warnings": []}),
+        } => batch_element(&[unconfirmed_message(attempts, &cause)], &[], None),
     }
 }
 
-/// A BatchResult element from any answer: an element as it is, or a single write's envelope.
+/// A BatchResult element from any answer: an element as it is, or a single write's envelope
+/// turned into one.
 pub fn element_of(body: &Bytes) -> Value {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let strings = |x: Option<&Value>| -> Vec<String> {
+        x.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     match v.get("CreateResult").or_else(|| v.get("OperationResult")) {
-        Some(root) => {
-            let mut e = serde_json::Map::new();
-            if let Some(o) = root.get("Object") {
-                e.insert("Object".into(), o.clone());
-            }
-            e.insert(
-                "Errors".into(),
-                root.get("Errors").cloned().unwrap_or(json!([])),
-            );
-            e.insert(
-                "Warnings".into(),
-                root.get("Warnings").cloned().unwrap_or(json!([])),
-            );
-            Value::Object(e)
-        }
+        Some(root) => batch_element(
+            &strings(root.get("Errors")),
+            &strings(root.get("Warnings")),
+            root.get("Object").cloned(),
+        ),
         None => v,
     }
 }

@@ -1,27 +1,46 @@
-//! `POST /batch`: each TestCaseResult entry is decided on its own. Refused entries are left out
-//! of what is forwarded and answered at their position in the BatchResult; allowed ones are
-//! journaled, sent with the rest of the batch, and then held one by one until confirmed (a
-//! later attempt of an entry is a single write). Other entries pass as they are.
+//! `POST /batch`: every TestCaseResult entry — a create, an update, or a `Results/add` — is
+//! decided on its own. Refused entries are left out of what is forwarded and answered at their
+//! position; allowed ones are journaled (all of the batch's rows or none), sent with the rest
+//! of the batch, and then held one by one until confirmed (a later attempt of an entry is a
+//! single write). The client always gets a `BatchResult` that says each entry's fate — also
+//! when Rally's answer to the batch was lost or was a bare 5xx. Other entries pass as they are.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::StatusCode;
-use http::header;
+use http::{StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::classify::{self, Operation};
-use super::decide::Decision;
+use super::decide::{Decided, Decision};
 use super::envelope::{self, BodyError};
-use super::hold::{Grouped, Held};
+use super::hold::{Grouped, Held, Record};
+use super::results_add::{self, Items};
 use super::{Interceptor, Outcome, WriteCtx, answer};
 use crate::confirm::rally::RallyWrite;
 use crate::confirm::{Answer, Kind, RawAnswer, classify_answer};
 use crate::error::ProxyError;
-use crate::journal::{Pending, State};
+use crate::journal::{Pending, Settled, State};
 use crate::rally::governor::Priority;
-use crate::wsapi::SERVICE_ROOT;
+use crate::wsapi::{SERVICE_ROOT, batch_element, batch_envelope};
+
+/// What one forwarded entry holds for confirmation.
+enum Hold {
+    /// A create or an update.
+    One(Held),
+    /// The new results of a `Results/add`.
+    Items(Items),
+}
+
+impl Hold {
+    fn writes(&self) -> Vec<&Held> {
+        match self {
+            Hold::One(h) => vec![h],
+            Hold::Items(g) => g.held.iter().map(|(_, h)| h).collect(),
+        }
+    }
+}
 
 /// The batch after every entry was decided.
 #[derive(Default)]
@@ -30,9 +49,18 @@ struct Plan {
     forwarded: Vec<Value>,
     /// Per client entry: its index in `forwarded`, or the refusal answered in its place.
     slots: Vec<Result<usize, String>>,
-    /// Result entries allowed: (index in `forwarded`, the write).
-    held: Vec<(usize, Held)>,
+    /// Result entries allowed: (index in `forwarded`, what to hold).
+    held: Vec<(usize, Hold)>,
     filled: Vec<super::enrich::Filled>,
+}
+
+/// What came back for the forwarded batch.
+enum First {
+    NotSent,
+    /// The BatchResult's elements, in forwarded order.
+    Results(Vec<Value>),
+    /// No usable answer: why.
+    Failed(String),
 }
 
 /// Handles one `/batch` request.
@@ -42,7 +70,7 @@ pub async fn handle(
     mut parts: http::request::Parts,
     body: Bytes,
 ) -> Result<Outcome, ProxyError> {
-    let map = envelope::parse(&body).map_err(|e| w.bad(e))?;
+    let map = w.parse(icpt, &body)?;
     let entries = map
         .get("Batch")
         .and_then(Value::as_array)
@@ -63,23 +91,25 @@ pub async fn handle(
             headers: answer::decoration(&plan.filled, "allowed"),
         });
     }
-    // Record the result entries before anything is sent.
     // All of a batch's rows, or none: a batch answered "nothing was forwarded" leaves no row.
-    let rows: Vec<Pending> = match journal {
-        Some(j) => j
-            .begin_all(plan.held.iter().map(|(_, h)| h.record(w)).collect())
-            .await
-            .map_err(|err| {
-                ProxyError::Overloaded(format!(
-                    "the journal cannot record the batch ({err}); nothing was forwarded"
-                ))
-            })?,
+    let records: Vec<_> = plan
+        .held
+        .iter()
+        .flat_map(|(_, h)| h.writes())
+        .map(|h| h.record(w))
+        .collect();
+    let mut rows: Vec<Pending> = match journal {
+        Some(j) => j.begin_all(records).await.map_err(|err| {
+            ProxyError::Overloaded(format!(
+                "the journal cannot record the batch ({err}); nothing was forwarded"
+            ))
+        })?,
         None => Vec::new(),
     };
+    let started = Instant::now();
     let template = parts.headers.clone();
     let query = parts.uri.query().map(str::to_string);
     let mut first = First::NotSent;
-    let mut status = StatusCode::OK;
     if !plan.forwarded.is_empty() {
         parts.headers.remove(header::ACCEPT_ENCODING);
         let sent = icpt
@@ -92,17 +122,13 @@ pub async fn handle(
                 Priority::Normal,
             )
             .await;
-        match sent {
+        first = match sent {
             Ok(sent) => {
                 w.req.record_upstream(sent.upstream_ms);
-                status = sent.response.status();
-                let bytes =
-                    crate::server::collect_limited(sent.response.into_body(), 64 * 1024 * 1024)
-                        .await
-                        .map_err(|e| {
-                            ProxyError::UpstreamBroken(format!("reading the batch answer: {e}"))
-                        });
-                match bytes {
+                let status = sent.response.status();
+                match crate::server::collect_limited(sent.response.into_body(), 64 * 1024 * 1024)
+                    .await
+                {
                     Ok(bytes) => {
                         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                         match v
@@ -110,12 +136,13 @@ pub async fn handle(
                             .and_then(|b| b.get("Results"))
                             .and_then(Value::as_array)
                         {
-                            Some(r) => first = First::Results(r.clone()),
+                            Some(r) => First::Results(r.clone()),
                             None if journal.is_none() || !status.is_server_error() => {
-                                // Not a BatchResult (an error page, a 401): relay it as it is.
+                                // Not a BatchResult and not an outage (a 401 page, a 404):
+                                // nothing was written; relay it as it is.
                                 for pending in rows {
                                     let _ = pending
-                                        .settle(crate::journal::Settled {
+                                        .settle(Settled {
                                             state: State::Rejected,
                                             attempts: 1,
                                             cause: Some(format!("Rally answered HTTP {status}")),
@@ -132,61 +159,75 @@ pub async fn handle(
                                 );
                                 return Ok(Outcome::Answer(resp));
                             }
-                            None => first = First::Failed(format!("Rally answered HTTP {status}")),
+                            None => First::Failed(format!("Rally answered HTTP {status}")),
                         }
                     }
-                    Err(e) if journal.is_some() => first = First::Failed(e.to_string()),
-                    Err(e) => return Err(e),
+                    Err(e) if journal.is_some() => {
+                        First::Failed(format!("the batch answer was cut off: {e}"))
+                    }
+                    Err(e) => return Err(ProxyError::UpstreamBroken(e)),
                 }
             }
-            Err(e) if journal.is_some() => {
-                status = StatusCode::OK;
-                first = First::Failed(e.to_string());
-            }
+            Err(e) if journal.is_some() => First::Failed(e.to_string()),
             Err(e) => return Err(e),
-        }
+        };
     }
-    // Each result entry to its fate, concurrently.
-    let mut finals: HashMap<usize, Value> = HashMap::new();
-    let held_entries = plan.held.iter().zip(rows);
-    let fates = futures_util::future::join_all(held_entries.map(|((i, held), pending)| {
+    // Each held entry to its fate, concurrently.
+    let held_work = plan.held.iter().map(|(i, hold)| {
+        let n = hold.writes().len();
+        let pendings: Vec<Pending> = rows.drain(..n.min(rows.len())).collect();
+        let first_element = match &first {
+            First::Results(r) => r.get(*i).cloned(),
+            _ => None,
+        };
+        let cause = match &first {
+            First::Failed(e) => e.clone(),
+            First::Results(_) => "Rally returned no result for this entry".into(),
+            First::NotSent => "no answer".into(),
+        };
         confirm_entry(
             icpt,
             w,
-            held,
-            first.answer_for(*i),
+            hold,
+            first_element,
+            cause,
+            pendings,
             &template,
             query.as_deref(),
-            pending,
+            started,
         )
-    }))
-    .await;
-    for ((i, _), element) in plan.held.iter().zip(fates) {
-        finals.insert(*i, element);
-    }
-    let upstream = match &first {
-        First::Results(r) => r.clone(),
-        _ => Vec::new(),
-    };
-    let failure = match &first {
-        First::Failed(e) => format!(" ({e})"),
-        _ => String::new(),
-    };
+    });
+    let elements = futures_util::future::join_all(held_work).await;
+    let mut finals: HashMap<usize, Value> =
+        plan.held.iter().map(|(i, _)| *i).zip(elements).collect();
     let results: Vec<Value> = plan
         .slots
         .iter()
         .map(|s| match s {
-            Ok(i) => finals.remove(i).or_else(|| upstream.get(*i).cloned()).unwrap_or_else(|| {
-                json!({"Errors": [format!("rally-sidecar: Rally returned no result for this entry{failure}")], "Warnings": []})
+            Ok(i) => finals.remove(i).unwrap_or_else(|| match &first {
+                First::Results(r) => r.get(*i).cloned().unwrap_or_else(|| {
+                    batch_element(
+                        &["rally-sidecar: Rally returned no result for this entry".into()],
+                        &[],
+                        None,
+                    )
+                }),
+                First::Failed(e) => batch_element(
+                    &[format!(
+                        "rally-sidecar: {e}; this entry's outcome is unknown (it is not a TestCaseResult write, so the sidecar did not confirm it)"
+                    )],
+                    &[],
+                    None,
+                ),
+                First::NotSent => batch_element(&["rally-sidecar: not sent".into()], &[], None),
             }),
-            Err(msg) => json!({"Errors": [msg], "Warnings": []}),
+            Err(msg) => batch_element(std::slice::from_ref(msg), &[], None),
         })
         .collect();
-    let answer = json!({"BatchResult": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "Errors": [], "Warnings": [], "Results": results}});
     let mut resp = answer::json_answer(
         icpt,
-        status,
-        answer::to_bytes(&answer),
+        StatusCode::OK,
+        answer::to_bytes(&batch_envelope(&[], &[], results)),
         w.req.client_origin.as_deref(),
     );
     let label = if refused {
@@ -198,45 +239,6 @@ pub async fn handle(
     Ok(Outcome::Answer(resp))
 }
 
-/// What came back for the forwarded batch.
-enum First {
-    NotSent,
-    /// The BatchResult's elements, in forwarded order.
-    Results(Vec<Value>),
-    /// No usable answer: why.
-    Failed(String),
-}
-
-impl First {
-    /// The first answer of the forwarded entry at `i`.
-    fn answer_for(&self, i: usize) -> (Answer, Option<RawAnswer>) {
-        let ambiguous = |cause: String| {
-            (
-                Answer::Ambiguous {
-                    cause,
-                    retry_after: None,
-                },
-                None,
-            )
-        };
-        match self {
-            First::Results(r) => match r.get(i) {
-                Some(element) => (
-                    classify_answer(200, &json!({"Entry": element}), None),
-                    Some(RawAnswer {
-                        status: 200,
-                        headers: http::HeaderMap::new(),
-                        body: answer::to_bytes(element),
-                    }),
-                ),
-                None => ambiguous("Rally returned no result for this entry".into()),
-            },
-            First::Failed(e) => ambiguous(e.clone()),
-            First::NotSent => ambiguous("no answer".into()),
-        }
-    }
-}
-
 /// Decides every entry; builds what to forward and where each answer comes from.
 async fn plan(icpt: &Interceptor, w: &WriteCtx<'_>, entries: &[Value]) -> Plan {
     let mut plan = Plan::default();
@@ -245,42 +247,56 @@ async fn plan(icpt: &Interceptor, w: &WriteCtx<'_>, entries: &[Value]) -> Plan {
         let method = e.get("Method").and_then(Value::as_str).unwrap_or("");
         let raw_path = e.get("Path").and_then(Value::as_str).unwrap_or("");
         let op = classify::classify_entry(method, raw_path);
-        let decided = match (&op, e.get("Body").and_then(Value::as_object)) {
+        let body = e.get("Body").and_then(Value::as_object);
+        let decided = match (&op, body) {
             (Operation::CreateResult | Operation::UpdateResult { .. }, Some(b)) => {
-                Some(decide_entry(icpt, w, &op, b).await)
+                decide_entry(icpt, w, &op, method, raw_path, b).await
             }
-            _ => None,
+            (Operation::AddResults { test_case }, Some(b)) => {
+                match b.get("CollectionItems").and_then(Value::as_array) {
+                    Some(items) => match results_add::decide_items(icpt, w, test_case, items).await
+                    {
+                        Ok(g) => match g.refused.clone() {
+                            Some((_, message)) => Err(message),
+                            None => Ok(Some((
+                                {
+                                    let mut b = b.clone();
+                                    b.insert("CollectionItems".into(), Value::Array(g.out.clone()));
+                                    Value::Object(b)
+                                },
+                                Hold::Items(g),
+                            ))),
+                        },
+                        Err(err) => Err(format!("rally-sidecar: {err}")),
+                    },
+                    None => Err(format!("rally-sidecar: {}", BodyError::Items)),
+                }
+            }
+            _ => Ok(None),
         };
         match decided {
-            None => {
+            Ok(None) => {
                 plan.slots.push(Ok(plan.forwarded.len()));
                 plan.forwarded.push(entry.clone());
             }
-            Some(_) if icpt.shadow() => {
+            Ok(Some(_)) if icpt.shadow() => {
                 plan.slots.push(Ok(plan.forwarded.len()));
                 plan.forwarded.push(entry.clone());
             }
-            Some((_, Decision::Refuse { message, .. })) => plan.slots.push(Err(message)),
-            Some((
-                root,
-                Decision::Forward {
-                    fields,
-                    filled,
-                    decision: _,
-                },
-            )) => {
+            Err(message) => plan.slots.push(Err(message)),
+            Ok(Some((new_body, hold))) => {
                 let mut new_entry = entry.clone();
                 let target = if new_entry.get("Entry").is_some() {
                     &mut new_entry["Entry"]
                 } else {
                     &mut new_entry
                 };
-                target["Body"] = json!({ root.clone(): Value::Object(fields.clone()) });
-                plan.filled.extend(filled.iter().cloned());
-                plan.held.push((
-                    plan.forwarded.len(),
-                    entry_write(&op, method, raw_path, root, fields, filled),
-                ));
+                target["Body"] = new_body;
+                match &hold {
+                    Hold::One(h) => plan.filled.extend(h.filled.iter().cloned()),
+                    Hold::Items(g) => plan.filled.extend(g.filled.iter().cloned()),
+                }
+                plan.held.push((plan.forwarded.len(), hold));
                 plan.slots.push(Ok(plan.forwarded.len()));
                 plan.forwarded.push(new_entry);
             }
@@ -289,106 +305,157 @@ async fn plan(icpt: &Interceptor, w: &WriteCtx<'_>, entries: &[Value]) -> Plan {
     plan
 }
 
-/// One result entry's decision, with the body's root key.
+/// One create or update entry, decided: `Ok(Some((body to forward, the write)))`, or the
+/// refusal answered in its place.
 async fn decide_entry(
     icpt: &Interceptor,
     w: &WriteCtx<'_>,
     op: &Operation,
-    body: &Map<String, Value>,
-) -> (String, Decision) {
-    match envelope::result_fields(body) {
-        Ok((root, fields)) => {
-            let (tc, enrich_it) = match op {
-                Operation::UpdateResult { id } => (
-                    icpt.update_target(w, id, &fields).await,
-                    icpt.cfg.intercept.enrich_updates,
-                ),
-                _ => (envelope::test_case_id(&fields), true),
-            };
-            let d = icpt.decide(w, op.label(), &fields, tc, enrich_it).await;
-            (root, d)
-        }
-        Err(err) => (
-            String::new(),
-            Decision::Refuse {
-                code: "bad-body",
-                message: format!("rally-sidecar: {err}"),
-            },
-        ),
-    }
-}
-
-/// An allowed result entry as a write of its own (its path under the service root).
-fn entry_write(
-    op: &Operation,
     method: &str,
     raw_path: &str,
-    root: String,
-    fields: Map<String, Value>,
-    filled: Vec<super::enrich::Filled>,
-) -> Held {
-    let rel = raw_path.split('?').next().unwrap_or(raw_path);
-    let rel = match rel.find(SERVICE_ROOT) {
-        Some(i) => &rel[i + SERVICE_ROOT.len()..],
-        None => rel,
+    body: &Map<String, Value>,
+) -> Result<Option<(Value, Hold)>, String> {
+    let (root, fields) =
+        envelope::result_fields(body).map_err(|err| format!("rally-sidecar: {err}"))?;
+    let (kind, result_id, tc, enrich_it) = match op {
+        Operation::UpdateResult { id } => (
+            Kind::Update,
+            Some(id.clone()),
+            icpt.update_target(w, id, &fields).await,
+            icpt.cfg.intercept.enrich_updates,
+        ),
+        _ => (Kind::Create, None, envelope::test_case_id(&fields), true),
     };
-    let method = http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
-        .unwrap_or(http::Method::POST);
-    let (kind, result_id) = match op {
-        Operation::UpdateResult { id } => (Kind::Update, Some(id.clone())),
-        _ => (Kind::Create, None),
-    };
-    Held {
-        kind,
-        operation: op.label(),
-        result_id,
-        root,
-        fields,
-        filled,
-        decision: "allowed",
-        method,
-        path: format!("{SERVICE_ROOT}/{}", rel.trim_start_matches('/')),
+    let Decided {
+        decision,
+        formatted_id,
+    } = icpt.decide(w, op.label(), &fields, tc, enrich_it).await;
+    let path = format!("{SERVICE_ROOT}{}", classify::entry_relative(raw_path));
+    match decision {
+        Decision::Refuse { code, message } => {
+            if !icpt.shadow() {
+                let refused = Record {
+                    operation: op.label(),
+                    result_id,
+                    fields: &fields,
+                    filled: &[],
+                    decision: code,
+                    path,
+                    formatted_id,
+                };
+                icpt.record_refusal(w, refused, &message).await;
+            }
+            Err(message)
+        }
+        Decision::Forward {
+            fields,
+            filled,
+            decision,
+        } => {
+            let new_body = json!({ root.clone(): Value::Object(fields.clone()) });
+            Ok(Some((
+                new_body,
+                Hold::One(Held {
+                    kind,
+                    operation: op.label(),
+                    result_id,
+                    root,
+                    fields,
+                    filled,
+                    decision,
+                    method: http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
+                        .unwrap_or(http::Method::POST),
+                    path,
+                    formatted_id,
+                }),
+            )))
+        }
     }
 }
 
-/// Drives one batch entry to its fate and returns its BatchResult element.
+/// Drives one held entry to its fate and returns its BatchResult element.
+#[allow(clippy::too_many_arguments)]
 async fn confirm_entry(
     icpt: &Interceptor,
     w: &WriteCtx<'_>,
-    held: &Held,
-    first: (Answer, Option<RawAnswer>),
+    hold: &Hold,
+    element: Option<Value>,
+    cause: String,
+    mut pendings: Vec<Pending>,
     template: &http::HeaderMap,
     query: Option<&str>,
-    pending: Pending,
+    started: Instant,
 ) -> Value {
-    let started = Instant::now();
-    let method = held.method.clone();
-    let uri = match query {
-        Some(q) => format!("{}?{q}", held.path),
-        None => held.path.clone(),
-    };
-    let mut headers = template.clone();
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    let Ok(uri) = uri.parse() else {
-        drop(pending);
-        return json!({"Errors": ["rally-sidecar: this entry's path cannot be re-sent"], "Warnings": []});
-    };
-    let up = Grouped::new(
-        first,
-        RallyWrite {
-            lookups: &icpt.lookups,
-            cred: w.cred,
-            method,
-            uri,
-            headers,
-            body: held.body(),
-            ctx: Some(w.req),
-        },
-    );
-    let fate = icpt.confirm(&up, held, pending, started).await;
-    answer::element(icpt, fate, &held.expected())
+    match hold {
+        Hold::Items(group) => {
+            let firsts =
+                results_add::item_answers(element.as_ref(), group.out.len(), &group.held, &cause);
+            let fates = results_add::confirm_items(
+                icpt,
+                w,
+                &group.held,
+                firsts,
+                pendings,
+                template,
+                query,
+                started,
+            )
+            .await;
+            results_add::compose(icpt, group, fates, element.as_ref())
+        }
+        Hold::One(held) => {
+            let Some(pending) = pendings.pop() else {
+                return batch_element(&["rally-sidecar: not journaled".into()], &[], None);
+            };
+            let first = match element {
+                Some(el) => (
+                    classify_answer(200, &json!({ "Entry": el }), None),
+                    Some(RawAnswer {
+                        status: 200,
+                        headers: http::HeaderMap::new(),
+                        body: answer::to_bytes(&el),
+                    }),
+                ),
+                None => (
+                    Answer::Ambiguous {
+                        cause,
+                        retry_after: None,
+                    },
+                    None,
+                ),
+            };
+            let mut headers = template.clone();
+            headers.remove(header::CONTENT_LENGTH);
+            headers.insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            let uri = match query {
+                Some(q) => format!("{}?{q}", held.path),
+                None => held.path.clone(),
+            };
+            let Ok(uri) = uri.parse() else {
+                drop(pending);
+                return batch_element(
+                    &["rally-sidecar: this entry's path cannot be re-sent".into()],
+                    &[],
+                    None,
+                );
+            };
+            let up = Grouped::new(
+                first,
+                RallyWrite {
+                    lookups: &icpt.lookups,
+                    cred: w.cred,
+                    method: held.method.clone(),
+                    uri,
+                    headers,
+                    body: held.body(),
+                    ctx: Some(w.req),
+                },
+            );
+            let fate = icpt.confirm(&up, held, pending, started).await;
+            answer::element(icpt, fate, &held.expected())
+        }
+    }
 }

@@ -27,6 +27,14 @@ pub enum Decision {
     },
 }
 
+/// A decision and what the lookup said about the target test case.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub decision: Decision,
+    /// The test case's FormattedID (`TC4`), when the guard read it.
+    pub formatted_id: Option<String>,
+}
+
 impl Decision {
     /// The `X-Rally-Sidecar-Decision` value in shadow mode: what would have happened.
     pub fn shadow_label(&self) -> String {
@@ -72,10 +80,16 @@ impl Interceptor {
         fields: &Map<String, Value>,
         test_case: Option<String>,
         enrich_it: bool,
-    ) -> Decision {
-        let d = self.decide_uncounted(w, fields, test_case, enrich_it).await;
-        self.count(operation, &d);
-        d
+    ) -> Decided {
+        let mut formatted_id = None;
+        let decision = self
+            .decide_uncounted(w, fields, test_case, enrich_it, &mut formatted_id)
+            .await;
+        self.count(operation, &decision);
+        Decided {
+            decision,
+            formatted_id,
+        }
     }
 
     async fn decide_uncounted(
@@ -84,6 +98,7 @@ impl Interceptor {
         fields: &Map<String, Value>,
         test_case: Option<String>,
         enrich_it: bool,
+        formatted_id: &mut Option<String>,
     ) -> Decision {
         let mut scope = w.scope.clone();
         let mut decision = "allowed";
@@ -92,6 +107,10 @@ impl Interceptor {
             if let guard::Lookup::Found(tc) = &lookup {
                 scope.project = ref_id(tc.get("Project")).or(scope.project);
                 scope.workspace = scope.workspace.or_else(|| ref_id(tc.get("Workspace")));
+                *formatted_id = tc
+                    .get("FormattedID")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
             }
             match guard::decide(id, &lookup, &self.cfg.guard) {
                 Verdict::Allow => {}
@@ -129,12 +148,7 @@ impl Interceptor {
             owner: None,
         };
         if sources.configured_tester.is_none() && envelope::missing(fields.get("Tester")) {
-            match self.lookups.owner(w.cred).await {
-                Ok(owner) => sources.owner = Some(owner),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot read the credential's owner; Tester left empty")
-                }
-            }
+            sources.owner = w.writer.user.as_ref().map(|u| u.reference.clone());
         }
         match enrich::enrich(fields, &sources) {
             Enriched::Ready(fields, filled) => {

@@ -76,6 +76,24 @@ pub fn missing(v: Option<&Value>) -> bool {
 
 pub use crate::wsapi::parse_ref;
 
+/// Rewrites every string in `v` that starts with the origin `from` (followed by `/`) to start
+/// with `to` instead — refs a client copied from the sidecar's own answers, which carry the
+/// sidecar's origin, sent back in a body. Returns how many were rewritten.
+pub fn rebase_refs(v: &mut Value, from: &str, to: &str) -> usize {
+    match v {
+        Value::String(s) => match s.strip_prefix(from) {
+            Some(rest) if rest.starts_with('/') => {
+                *s = format!("{to}{rest}");
+                1
+            }
+            _ => 0,
+        },
+        Value::Array(a) => a.iter_mut().map(|x| rebase_refs(x, from, to)).sum(),
+        Value::Object(m) => m.values_mut().map(|x| rebase_refs(x, from, to)).sum(),
+        _ => 0,
+    }
+}
+
 /// The TestCase id a result names, if it names one the sidecar can look up.
 pub fn test_case_id(fields: &Map<String, Value>) -> Option<String> {
     let (ty, id) = parse_ref(fields.get("TestCase")?)?;
@@ -129,6 +147,35 @@ mod tests {
         }
         assert_eq!(parse_ref(&json!("1001")), None);
         assert_eq!(parse_ref(&json!("/testcase/../../x y")), None);
+    }
+
+    #[test]
+    fn refs_with_the_sidecars_origin_go_back_to_rallys() {
+        let mut v = json!({"TestCaseResult": {
+            "TestCase": "https://localhost:8443/slm/webservice/v2.0/testcase/1001",
+            "Tester": {"_ref": "https://localhost:8443/slm/webservice/v2.x/user/400"},
+            "Notes": "see https://localhost:8443x/ and https://localhost:8443",
+            "TestSet": "/testset/7"}});
+        let n = rebase_refs(
+            &mut v,
+            "https://localhost:8443",
+            "https://rally1.rallydev.com",
+        );
+        assert_eq!(n, 2);
+        let r = &v["TestCaseResult"];
+        assert_eq!(
+            r["TestCase"],
+            "https://rally1.rallydev.com/slm/webservice/v2.0/testcase/1001"
+        );
+        assert_eq!(
+            r["Tester"]["_ref"],
+            "https://rally1.rallydev.com/slm/webservice/v2.x/user/400"
+        );
+        assert_eq!(
+            r["Notes"],
+            "see https://localhost:8443x/ and https://localhost:8443"
+        );
+        assert_eq!(r["TestSet"], "/testset/7");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Held {
     /// The method and path (query redacted) the result is sent with.
     pub method: http::Method,
     pub path: String,
+    /// The target test case's FormattedID, when the guard read it.
+    pub formatted_id: Option<String>,
 }
 
 impl Held {
@@ -46,27 +48,52 @@ impl Held {
 
     /// The journal row recorded before the write is sent.
     pub fn record(&self, w: &WriteCtx<'_>) -> NewWrite {
-        let expected = self.expected();
-        NewWrite {
-            request_id: w.req.id.clone(),
-            received_at: w.req.received_at.clone(),
-            credential: w.cred.fingerprint().to_string(),
-            rally_user: None,
-            rally_user_name: None,
-            formatted_id: None,
-            operation: self.operation.to_string(),
-            target: self
-                .result_id
-                .clone()
-                .or_else(|| expected.test_case.clone()),
-            path: self.path.clone(),
-            body: String::from_utf8_lossy(&self.body()).into_owned(),
-            test_case: expected.test_case,
-            build: expected.build,
-            verdict: expected.verdict,
-            filled: answer::filled_value(&self.filled),
-            decision: Some(self.decision.to_string()),
-        }
+        record(
+            w,
+            Record {
+                operation: self.operation,
+                result_id: self.result_id.clone(),
+                fields: &self.fields,
+                filled: &self.filled,
+                decision: self.decision,
+                path: self.path.clone(),
+                formatted_id: self.formatted_id.clone(),
+            },
+        )
+    }
+}
+
+/// What a journal row says about one result.
+pub struct Record<'a> {
+    pub operation: &'static str,
+    pub result_id: Option<String>,
+    pub fields: &'a Map<String, Value>,
+    pub filled: &'a [Filled],
+    pub decision: &'a str,
+    pub path: String,
+    pub formatted_id: Option<String>,
+}
+
+/// The journal row of a result — held or refused — built in this one place.
+pub fn record(w: &WriteCtx<'_>, r: Record<'_>) -> NewWrite {
+    let expected = Expected::from_fields(r.fields);
+    let root = json!({ "TestCaseResult": Value::Object(r.fields.clone()) });
+    NewWrite {
+        request_id: w.req.id.clone(),
+        received_at: w.req.received_at.clone(),
+        credential: w.writer.digest.clone(),
+        rally_user: w.writer.user.as_ref().map(|u| u.reference.clone()),
+        rally_user_name: w.writer.user.as_ref().and_then(|u| u.name.clone()),
+        formatted_id: r.formatted_id,
+        operation: r.operation.to_string(),
+        target: r.result_id.or_else(|| expected.test_case.clone()),
+        path: r.path,
+        body: String::from_utf8_lossy(&answer::to_bytes(&root)).into_owned(),
+        test_case: expected.test_case,
+        build: expected.build,
+        verdict: expected.verdict,
+        filled: answer::filled_value(r.filled),
+        decision: Some(r.decision.to_string()),
     }
 }
 
@@ -104,6 +131,42 @@ impl<U: Upstream> Upstream for Grouped<U> {
 }
 
 impl Interceptor {
+    /// Records a result the sidecar refused (never forwarded), with the reason, so the journal
+    /// and the status page account for it. A journal that cannot take the row does not stop
+    /// the refusal.
+    pub(super) async fn record_refusal(&self, w: &WriteCtx<'_>, r: Record<'_>, reason: &str) {
+        let Some(journal) = self.holding().filter(|_| !self.shadow()) else {
+            return;
+        };
+        let mut row = record(w, r);
+        // A refused result counts against the build it would have been given, so a build's
+        // summary (`summary --build`, `GET /builds/<B>`) sees it.
+        if row.build.is_none() {
+            row.build = self.build_for(w);
+        }
+        if let Err(e) = journal.record_refusal(row, reason.to_string()).await {
+            tracing::warn!(error = %e, "cannot journal a refused write");
+        }
+    }
+
+    /// The build enrichment would give a write of this request that carries none.
+    fn build_for(&self, w: &WriteCtx<'_>) -> Option<String> {
+        let (project, workspace, global) = self
+            .context
+            .lookup(w.scope.workspace.as_deref(), w.scope.project.as_deref());
+        super::enrich::Sources {
+            header_build: w.header_build.clone(),
+            context_project: project,
+            context_workspace: workspace,
+            context_global: global,
+            config_build: self.cfg.context.build.clone(),
+            ci_build: self.cfg.context.build_from_env.clone(),
+            ..Default::default()
+        }
+        .build()
+        .map(|(b, _)| b)
+    }
+
     /// Drives a journaled write to its fate, counts it, settles its row and logs it. Answers
     /// at once (unconfirmed) when the shutdown deadline nears.
     pub(super) async fn confirm<U: Upstream>(
@@ -177,6 +240,12 @@ impl Interceptor {
             pending.settle_behind(settled);
         } else if let Err(e) = pending.settle(settled).await {
             tracing::error!(journal_id = id, error = %e, "cannot record the write's fate; it stays unconfirmed in the journal");
+        }
+        // The summaries count duplicates avoided per build (issue 17).
+        if let (Fate::Confirmed { adopted: true, .. }, Some(j)) = (fate, &self.journal)
+            && let Err(e) = j.mark_adopted(id).await
+        {
+            tracing::warn!(journal_id = id, error = %e, "cannot mark the write adopted");
         }
         tracing::info!(
             journal_id = id,

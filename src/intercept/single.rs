@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::Response;
 
 use super::classify::Operation;
-use super::decide::Decision;
-use super::hold::Held;
+use super::decide::{Decided, Decision};
+use super::hold::{Held, Record};
 use super::{Interceptor, Outcome, WriteCtx, answer, envelope};
 use crate::confirm::rally::RallyWrite;
 use crate::confirm::{Fate, Kind};
@@ -25,7 +25,7 @@ pub async fn handle(
     parts: http::request::Parts,
     body: Bytes,
 ) -> Result<Outcome, ProxyError> {
-    let map = envelope::parse(&body).map_err(|e| w.bad(e))?;
+    let map = w.parse(icpt, &body)?;
     let (root, fields) = envelope::result_fields(&map).map_err(|e| w.bad(e))?;
     let (kind, result_id, test_case, enrich_it) = match op {
         Operation::UpdateResult { id } => (
@@ -36,9 +36,20 @@ pub async fn handle(
         ),
         _ => (Kind::Create, None, envelope::test_case_id(&fields), true),
     };
-    let decision = icpt
+    let Decided {
+        decision,
+        formatted_id,
+    } = icpt
         .decide(w, op.label(), &fields, test_case, enrich_it)
         .await;
+    let path = crate::telemetry::redact::path_and_query(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    )
+    .into_owned();
     if icpt.shadow() {
         return Ok(Outcome::Forward {
             parts,
@@ -48,6 +59,16 @@ pub async fn handle(
     }
     let (fields, filled, decision) = match decision {
         Decision::Refuse { code, message } => {
+            let refused = Record {
+                operation: op.label(),
+                result_id: result_id.clone(),
+                fields: &fields,
+                filled: &[],
+                decision: code,
+                path,
+                formatted_id,
+            };
+            icpt.record_refusal(w, refused, &message).await;
             return Err(ProxyError::Refused {
                 status: icpt.cfg.intercept.block_status,
                 kind: w.kind,
@@ -70,14 +91,8 @@ pub async fn handle(
         filled,
         decision,
         method: parts.method.clone(),
-        path: crate::telemetry::redact::path_and_query(
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
-        )
-        .into_owned(),
+        path,
+        formatted_id,
     };
     if icpt.holding().is_none() {
         let headers = answer::decoration(&held.filled, held.decision);

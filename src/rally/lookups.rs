@@ -27,9 +27,18 @@ pub struct Lookups {
     /// Attributes of TestCase the guard needs (rule fields included).
     fetch: String,
     test_cases: Cache<(String, String), Arc<Lookup>>,
-    owners: Cache<String, Arc<String>>,
-    /// Credentials (by fingerprint) whose last lookup failed, and why.
+    owners: Cache<String, Arc<User>>,
+    /// Credentials (by fingerprint) whose last lookup failed, and why: remembered briefly
+    /// (`guard.failure_cache_ttl`) so that a bogus key does not make every request cost reads.
     failures: Cache<String, Arc<String>>,
+}
+
+/// A Rally user, as the sidecar names writers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// `/user/<ObjectID>`: also the Tester ref.
+    pub reference: String,
+    pub name: Option<String>,
 }
 
 /// What a read of the TestCase (with the caller's credential) returned.
@@ -182,8 +191,10 @@ impl Lookups {
         }
     }
 
-    /// The caller's own user ref (`/user/<oid>`), for Tester.
-    pub async fn owner(&self, cred: &Credential) -> Result<String, String> {
+    /// The caller's Rally user (cached per credential): the Tester a result gets when it
+    /// names none, and who the journal says wrote it. Once known, the credential's requests
+    /// count against that user's slots (Rally's cap is per user, whatever the key).
+    pub async fn owner(&self, cred: &Credential) -> Result<User, String> {
         if let Some(e) = self.failing(cred).await {
             return Err(e);
         }
@@ -192,25 +203,34 @@ impl Lookups {
                 .get_json(cred, "user?fetch=ObjectID,UserName")
                 .await
                 .map_err(|e| e.to_string())?;
-            let oid = json.get("User").and_then(|u| u.get("ObjectID"));
-            let oid = match oid {
+            let user = json.get("User");
+            let oid = match user.and_then(|u| u.get("ObjectID")) {
                 Some(Value::Number(n)) => n.to_string(),
                 Some(Value::String(s)) => s.clone(),
                 _ => return Err(format!("Rally answered {status} without the current user")),
             };
-            Ok(Arc::new(format!("/user/{oid}")))
+            let name = user
+                .and_then(|u| u.get("UserName"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            Ok(Arc::new(User {
+                reference: format!("/user/{oid}"),
+                name,
+            }))
         };
-        match self
+        let user = match self
             .owners
             .try_get_with(cred.fingerprint().to_string(), fetch)
             .await
         {
-            Ok(s) => Ok((*s).clone()),
+            Ok(u) => (*u).clone(),
             Err(e) => {
                 self.failed(cred, &e).await;
-                Err((*e).clone())
+                return Err((*e).clone());
             }
-        }
+        };
+        self.rally.learn_user(cred, &user.reference);
+        Ok(user)
     }
 
     /// The TestCase id a stored result belongs to (for the guard on updates).

@@ -77,6 +77,16 @@ impl Simulator {
         params: &HashMap<String, String>,
     ) -> Reply {
         let refuse = |msg: String| Reply::Json(StatusCode::OK, batch_envelope(&[msg], &[], vec![]));
+        let step = {
+            let mut st = self.lock();
+            (!st.faults.batch_script.is_empty()).then(|| st.faults.batch_script.remove(0))
+        };
+        if step.as_deref() == Some("error") {
+            return Reply::Text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable".into(),
+            );
+        }
         let parsed: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
@@ -123,6 +133,12 @@ impl Simulator {
                 ),
             };
             results.push(element(reply));
+        }
+        if step.as_deref() == Some("gateway_timeout") {
+            return Reply::Text(
+                StatusCode::BAD_GATEWAY,
+                "<html><body><h1>502 Bad Gateway</h1></body></html>".into(),
+            );
         }
         Reply::Json(StatusCode::OK, batch_envelope(&[], &[], results))
     }

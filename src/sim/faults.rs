@@ -38,6 +38,10 @@ pub struct FaultConfig {
     /// random fault: "none", "drop", "conflict", "error", "gateway_timeout", "reset_before",
     /// "reset_after", "invalid_key". For tests that need one exact sequence.
     pub script: Vec<String>,
+    /// Forced outcomes for the next `/batch` requests as a whole, one per batch: "none",
+    /// "error" (HTTP 503 and a plain body, no entry run), "gateway_timeout" (every entry run,
+    /// then HTTP 502 and a plain body: the outcome Rally's proxies give a long batch).
+    pub batch_script: Vec<String>,
 }
 
 /// What happens to one write.
@@ -131,6 +135,11 @@ impl FaultConfig {
             } else {
                 flags.script.clone()
             },
+            batch_script: if flags.batch_script.is_empty() {
+                self.batch_script
+            } else {
+                flags.batch_script.clone()
+            },
         }
     }
 
@@ -157,6 +166,13 @@ impl FaultConfig {
         }
         for s in &self.script {
             scripted(s).ok_or_else(|| format!("script entry {s:?} is not one of none, drop, conflict, error, gateway_timeout, reset_before, reset_after, invalid_key"))?;
+        }
+        for s in &self.batch_script {
+            if !matches!(s.as_str(), "none" | "error" | "gateway_timeout") {
+                return Err(format!(
+                    "batch_script entry {s:?} is not one of none, error, gateway_timeout"
+                ));
+            }
         }
         Ok(())
     }

@@ -71,6 +71,12 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// The version segment after `/slm/webservice/` (at most 16 characters).
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FillLabels {
     /// Build, Date, Tester
     pub field: String,
@@ -104,6 +110,7 @@ pub struct Metrics {
     pub proxy_errors: Family<ErrorLabels, Counter>,
     pub ref_rewrites: Counter,
     pub intercepted: Family<OpLabels, Counter>,
+    pub other_versions: Family<VersionLabels, Counter>,
     pub filled: Family<FillLabels, Counter>,
     pub blocked: Family<ReasonLabels, Counter>,
     pub shadow: Family<ShadowLabels, Counter>,
@@ -165,6 +172,12 @@ impl Metrics {
             "TestCaseResult writes intercepted (batch entries and Results/add items each count)",
             intercepted.clone(),
         );
+        let other_versions = Family::<VersionLabels, Counter>::default();
+        registry.register(
+            "other_version_requests",
+            "WSAPI requests under a version other than v2.0/v2.x, passed through without interception",
+            other_versions.clone(),
+        );
         let filled = Family::<FillLabels, Counter>::default();
         registry.register(
             "fields_filled",
@@ -221,6 +234,7 @@ impl Metrics {
             duplicates_avoided,
             journal_backlog,
             intercepted,
+            other_versions,
             filled,
             blocked,
             shadow,

@@ -4,7 +4,7 @@
 //! cookies, and the `key=` security token in the query string. Logs only ever see request paths
 //! through [`path_and_query`] and header values through [`header_value`]; nothing else about a
 //! request is logged. Values that come from clients or from Rally (a Build, a test case, Rally's
-//! error text) go through [`escape_control`] wherever they are printed for people — the human
+//! error text) go through [`escape_controls`] wherever they are printed for people — the human
 //! log format, `journal list`, `sweep`, `check` — so a newline cannot forge a log line and an
 //! escape sequence cannot drive the operator's terminal.
 
@@ -81,9 +81,10 @@ pub fn header_value<'a>(name: &str, value: &'a str) -> Cow<'a, str> {
     Cow::Borrowed(value)
 }
 
-/// `text` with control characters (C0, DEL, C1), line and paragraph separators and bidi
-/// overrides written as escapes: `\n`, `\r`, `\t`, `\u{1b}`. Everything else is kept.
-pub fn escape_control(text: &str) -> Cow<'_, str> {
+/// `text` with control characters (C0, DEL, C1: newlines, escape sequences), line and paragraph
+/// separators and bidi overrides written as escapes — `\n`, `\r`, `\t`, `\u{1b}` — before it
+/// reaches a log line or a terminal. Everything else is kept.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
     let unsafe_char = |c: char| {
         c.is_control()
             || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -125,15 +126,15 @@ mod tests {
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {
         assert_eq!(
-            escape_control("2026.11.24-7 Größe ✓"),
+            escape_controls("2026.11.24-7 Größe ✓"),
             "2026.11.24-7 Größe ✓"
         );
         assert_eq!(
-            escape_control("b1\n2026-01-01T00:00:00Z  INFO forged"),
+            escape_controls("b1\n2026-01-01T00:00:00Z  INFO forged"),
             "b1\\n2026-01-01T00:00:00Z  INFO forged"
         );
         assert_eq!(
-            escape_control("\u{1b}[31mred\u{1b}[0m\r\t\u{7f}\u{9b}\u{202e}"),
+            escape_controls("\u{1b}[31mred\u{1b}[0m\r\t\u{7f}\u{9b}\u{202e}"),
             "\\u{1b}[31mred\\u{1b}[0m\\r\\t\\u{7f}\\u{9b}\\u{202e}"
         );
     }

@@ -239,7 +239,7 @@ async fn final_refusals_are_relayed_and_giving_up_is_journaled_then_replayed() {
         .await
         .expect("rows");
     assert_eq!(rows.len(), 1);
-    let done = rally_sidecar::commands::replay::replay(cfg.clone(), &j, rows, "_sim_alice_key")
+    let done = rally_sidecar::commands::journal::replay(cfg.clone(), &j, rows, "_sim_alice_key")
         .await
         .expect("replay");
     assert_eq!(done.len(), 1);
@@ -274,6 +274,8 @@ async fn replay_adopts_a_write_that_had_landed() {
             request_id: "r".into(),
             received_at: "2026-03-03T03:03:03.000Z".into(),
             credential: "fp".into(),
+            // Written by alice, the user the replay runs as.
+            rally_user: Some("/user/400".into()),
             operation: "create".into(),
             path: format!("{WS}/testcaseresult/create?key=[redacted]"),
             body: body.to_string(),
@@ -307,7 +309,7 @@ async fn replay_adopts_a_write_that_had_landed() {
         .list(Some(State::Unconfirmed), vec![], 10)
         .await
         .expect("rows");
-    let done = rally_sidecar::commands::replay::replay(cfg, &j, rows, "_sim_alice_key")
+    let done = rally_sidecar::commands::journal::replay(cfg, &j, rows, "_sim_alice_key")
         .await
         .expect("replay");
     assert!(done[0].adopted, "{done:?}");
@@ -436,8 +438,12 @@ async fn the_governor_caps_one_credential_as_seen_by_rally() {
 /// fault profile (`cargo run --release --example soak` runs the full 10,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reduced_soak_accounts_for_every_write_and_replay_lands_each_once() {
+    // The realistic profile: the soak's faults with reads lagging writes by up to 8 s (what
+    // Broadcom support has said Rally's replicas can do), the default read-back window, and
+    // a third of the writes on the v2.x path.
     let mut opts = SoakOptions::new(1000, &temp_dir("soak"));
-    opts.readback_window = "3s".into();
+    opts.faults = FaultConfig::profile("realistic").expect("profile");
+    opts.v2x_every = 3;
     let r = soak::run(opts).await.expect("the soak ran");
     eprintln!("{}", soak::summary(&r));
     let t = &r.tally;
@@ -630,6 +636,8 @@ async fn journal_commands_list_and_replay() {
                 request_id: "r".into(),
                 received_at: "t".into(),
                 credential: "fp".into(),
+                // Written by alice, the user the replay runs as.
+                rally_user: Some("/user/400".into()),
                 operation: "create".into(),
                 path: format!("{WS}/testcaseresult/create?key=[redacted]"),
                 body: body.to_string(),
@@ -754,6 +762,8 @@ async fn concurrent_replay_writes_a_result_sent_twice_once() {
                 request_id: "r".into(),
                 received_at: "t".into(),
                 credential: "fp".into(),
+                // Written by alice, the user the replay runs as.
+                rally_user: Some("/user/400".into()),
                 operation: "create".into(),
                 path: format!("{WS}/testcaseresult/create"),
                 body: body.to_string(),
@@ -778,7 +788,7 @@ async fn concurrent_replay_writes_a_result_sent_twice_once() {
         .list(Some(State::Unconfirmed), vec![], 10)
         .await
         .expect("rows");
-    let done = rally_sidecar::commands::replay::replay(Arc::new(cfg), &j, rows, ALICE.1)
+    let done = rally_sidecar::commands::journal::replay(Arc::new(cfg), &j, rows, ALICE.1)
         .await
         .expect("replayed");
     assert_eq!(done.len(), 4);

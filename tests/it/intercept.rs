@@ -741,9 +741,11 @@ async fn guard_lookups_are_cached_per_credential() {
         .copied()
         .unwrap_or(0)
         - before;
+    // One read of the test case and one of the credential's user (who the journal says
+    // wrote, and whose slots the requests count against), for five writes.
     assert_eq!(
-        gets, 1,
-        "one test case read for five writes by one credential"
+        gets, 2,
+        "one test case read and one user read for five writes by one credential"
     );
     // Concurrent misses from another credential coalesce into one read too.
     let tasks: Vec<_> = (0..8)
@@ -769,7 +771,10 @@ async fn guard_lookups_are_cached_per_credential() {
         .copied()
         .unwrap_or(0)
         - before;
-    assert_eq!(gets, 2, "eight concurrent misses, one read");
+    assert_eq!(
+        gets, 4,
+        "eight concurrent misses, one test case read and one user read"
+    );
     sidecar.stop().await;
     sim.stop().await;
 }

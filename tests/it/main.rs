@@ -3,6 +3,7 @@
 //! real sockets on 127.0.0.1:0.
 
 mod admin_access;
+mod builds;
 mod captures;
 mod confirm;
 mod e2e;
@@ -11,9 +12,11 @@ mod fleet;
 mod hostile;
 mod intercept;
 mod limits;
+mod logs;
 mod ops;
 mod pg;
 mod process;
+mod promise;
 mod records;
 mod sim_api;
 mod support;

@@ -55,16 +55,17 @@ async fn the_status_page_shows_a_write_just_made() {
             .starts_with("text/html")
     );
     let html = page.text();
-    assert!(html.contains("<td>1042</td><td>Inconclusive</td><td>status-build</td><td>Build,Date,Tester</td><td>allowed</td><td>confirmed</td>"), "{html}");
+    assert!(html.contains("<td data-label=\"Verdict\">Inconclusive</td><td data-label=\"Build\">status-build</td><td data-label=\"State\" class=\"state-confirmed\">confirmed</td>"), "{html}");
     assert!(
-        html.contains("<tr class=\"alert\">"),
+        html.contains("<tr class=\"unconfirmed\">"),
         "the unconfirmed write is highlighted"
     );
     assert!(html.contains("confirmed <b>1</b>") && html.contains("unconfirmed <b>1</b>"));
     assert!(html.contains("status-build"), "the build context is shown");
-    assert!(
-        !html.contains("http://") || !html.contains("<script"),
-        "self-contained: no scripts"
+    assert_eq!(
+        html.matches("<script").count(),
+        1,
+        "one inline script, no script file"
     );
     assert!(
         !html.contains("src=\"http") && !html.contains("href=\"http"),
@@ -193,6 +194,28 @@ async fn check_says_who_can_write_where() {
     )
     .await;
     assert_eq!(code, Some(2), "{r}");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn check_without_projects_checks_every_project_the_user_has() {
+    let sim = simulator(SimOptions::default()).await;
+    let u = sim.base_url.clone();
+    // Bob is a Viewer wherever he has a permission: not a yes.
+    let (code, r) = check(&u, &[("RALLY_API_KEY", "_sim_bob_key")], &[]).await;
+    assert_eq!(code, Some(1), "{r}");
+    assert_eq!(r["projects"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(r["projects"][0]["project"], "Sim Project");
+    assert_eq!(r["projects"][0]["can_write"], false);
+    // Alice: an open project where she is Editor, and a closed one; listed both, a yes.
+    let (code, r) = check(&u, &[("RALLY_API_KEY", "_sim_alice_key")], &[]).await;
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["projects"].as_array().map(Vec::len), Some(2), "{r}");
+    assert!(
+        r["projects"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["can_write"] == false))
+    );
     sim.stop().await;
 }
 
