@@ -53,6 +53,7 @@ impl std::error::Error for ConfigErrors {}
 
 mod admin;
 mod env;
+mod listen;
 mod raw;
 mod validate;
 
