@@ -322,7 +322,7 @@ pub mod defaults {
     pub const MAX_BODY: u64 = 1024 * 1024;
     pub const ENRICH_UPDATES: bool = false;
     pub const BLOCK_STATUS: u16 = 200;
-    pub const MAX_BUFFERED: u64 = 64 * 1024 * 1024;
+    pub const MAX_BUFFERED: u64 = 16 * 1024 * 1024;
     pub const GUARD_ENABLED: bool = true;
     pub const GUARD_CACHE_TTL: &str = "30s";
     pub const BLOCK_CLOSED_PROJECTS: bool = true;

@@ -101,18 +101,20 @@ pub async fn read(
 ) -> Result<(Bytes, Charge), ReadError> {
     let mut charge = budget.charge();
     let announced = incoming.size_hint().exact().map(|n| n as usize);
-    if let Some(n) = announced {
-        if n > max {
-            return Err(ReadError::TooLarge(max));
-        }
-        if !charge.grow(n) {
-            return Err(ReadError::OverBudget {
-                limit: budget.limit,
-            });
-        }
+    if announced.is_some_and(|n| n > max) {
+        return Err(ReadError::TooLarge(max));
     }
+    let over = ReadError::OverBudget {
+        limit: budget.limit,
+    };
     let collect = async {
         let mut body = incoming;
+        if let Some(n) = announced
+            && !charge.grow(n)
+        {
+            discard(&mut body, max).await;
+            return Err(over);
+        }
         let mut buf = BytesMut::with_capacity(announced.unwrap_or(0));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ReadError::Broken(e.to_string()))?;
@@ -124,9 +126,9 @@ pub async fn read(
                 return Err(ReadError::TooLarge(max));
             }
             if len > charge.bytes && !charge.grow(len - charge.bytes) {
-                return Err(ReadError::OverBudget {
-                    limit: budget.limit,
-                });
+                drop(buf);
+                discard(&mut body, max).await;
+                return Err(over);
             }
             buf.extend_from_slice(&data);
         }
@@ -136,6 +138,19 @@ pub async fn read(
         Ok(Ok(bytes)) => Ok((bytes, charge)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ReadError::TimedOut(deadline)),
+    }
+}
+
+/// Reads the rest of a refused body (at most `max` bytes) without keeping it, so the client
+/// reads the 503 instead of a connection reset: a server that closes with unread bytes
+/// makes the kernel send RST, which can destroy the answer on its way.
+async fn discard(body: &mut Incoming, max: usize) {
+    let mut seen = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > max {
+            return;
+        }
     }
 }
 
