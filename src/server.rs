@@ -213,7 +213,9 @@ pub async fn serve(
                             let conn = builder
                                 .serve_connection(TokioIo::new(tls), svc)
                                 .into_owned();
-                            conn::drive(conn, activity, stop, idle).await;
+                            // Boxed: inline, the connection's state would enlarge every task,
+                            // even those still waiting for their first byte.
+                            Box::pin(conn::drive(conn, activity, stop, idle)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(listener = name, peer = %peer, error = %e, "TLS handshake failed")
@@ -233,7 +235,7 @@ pub async fn serve(
                             let conn = builder
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .into_owned();
-                            conn::drive(conn, activity, stop, idle).await;
+                            Box::pin(conn::drive(conn, activity, stop, idle)).await;
                         }
                         _ => {
                             tracing::debug!(listener = name, peer = %peer, "closed: nothing received in time")
