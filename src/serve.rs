@@ -453,7 +453,7 @@ async fn housekeeping(
             "journal",
             ok,
             format!(
-                "{} at {}; backlog {} (pending or unconfirmed)",
+                "{}; open at {}; backlog {} (pending or unconfirmed)",
                 room,
                 journal.path().display(),
                 backlog.map_or("?".into(), |n| n.to_string())
