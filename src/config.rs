@@ -217,6 +217,18 @@ pub struct ConfirmConfig {
     pub unconfirmed_status: http::StatusCode,
     /// Also check the TestCase's LastVerdict/LastBuild after confirming; warn if stale.
     pub check_rollup: bool,
+    /// What the client waits for (`confirm.hold`).
+    pub hold: Hold,
+}
+
+/// `confirm.hold`: how long a client's answer is held (docs/confirmation.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Until the result has been read back from Rally (or its fate is otherwise known).
+    Readback,
+    /// A clean acknowledgement (an ObjectID, no Errors) is answered at once and read back in
+    /// the background; only ambiguous outcomes hold the client.
+    Ambiguous,
 }
 
 /// The Rally workspace and projects `check` and `sweep` work in (names, refs or ObjectIDs).
@@ -337,6 +349,7 @@ pub mod defaults {
     pub const MAX_ATTEMPTS: u32 = 3;
     pub const CONFIRM_TIMEOUT: &str = "2m";
     pub const READBACK_WINDOW: &str = "10s";
+    pub const HOLD: &str = "readback";
     pub const UNCONFIRMED_STATUS: u16 = 200;
     pub const JOURNAL_PATH: &str = "rally-sidecar-journal.sqlite";
     pub const RETENTION: &str = "7days";

@@ -239,8 +239,9 @@ pub trait Upstream: Send + Sync {
     /// Sends the write once. Returns the classification and Rally's raw answer
     /// (status, body bytes) when there was one.
     async fn submit(&self) -> (Answer, Option<RawAnswer>);
-    /// Reads a result back by ObjectID.
-    async fn read(&self, object_id: i64) -> ReadBack;
+    /// Reads a result back. `last` marks the last read of a read-back window, which must be
+    /// by ObjectID (what decides that a result is missing); earlier ones may be coalesced.
+    async fn read(&self, object_id: i64, last: bool) -> ReadBack;
     /// Looks for the result by its fingerprint; the ObjectIDs found.
     async fn find(&self, query: &str) -> Result<Vec<i64>, String>;
 }
@@ -301,7 +302,30 @@ pub async fn confirm<U: Upstream>(
     jitter: impl FnMut() -> f64 + Send,
     give_up: impl std::future::Future<Output = ()> + Send,
 ) -> Fate {
-    let progress = Progress::default();
+    confirm_with(
+        up, kind, look_first, expected, policy, jitter, give_up, None,
+    )
+    .await
+}
+
+/// [`confirm`], telling `acknowledged` the moment Rally first acknowledges a create cleanly
+/// (an ObjectID and no Errors) — before the read-back — so that `confirm.hold = "ambiguous"`
+/// can answer the client then while the state machine goes on to its fate.
+#[allow(clippy::too_many_arguments)]
+pub async fn confirm_with<U: Upstream>(
+    up: &U,
+    kind: Kind,
+    look_first: bool,
+    expected: &Expected,
+    policy: &Policy,
+    jitter: impl FnMut() -> f64 + Send,
+    give_up: impl std::future::Future<Output = ()> + Send,
+    acknowledged: Option<tokio::sync::oneshot::Sender<RawAnswer>>,
+) -> Fate {
+    let progress = Progress {
+        acknowledged: std::sync::Mutex::new(acknowledged),
+        ..Progress::default()
+    };
     // `confirm.timeout` bounds the whole hold, whatever is in flight when it is reached (a
     // submit, a read-back or a search can each take up to `upstream.response_timeout`).
     let bound = tokio::time::sleep(policy.timeout);
@@ -323,6 +347,8 @@ struct Progress {
     /// The ObjectID Rally acknowledged, 0 when none yet.
     object_id: std::sync::atomic::AtomicI64,
     cause: std::sync::Mutex<String>,
+    /// Told of the first clean acknowledgement of a create, once.
+    acknowledged: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<RawAnswer>>>,
 }
 
 impl Progress {
@@ -435,6 +461,11 @@ async fn drive<U: Upstream>(
                     .object_id
                     .store(object_id, std::sync::atomic::Ordering::Relaxed);
                 progress.note(attempts, "acknowledged, not yet read back");
+                if let (Kind::Create, Some(raw)) = (kind, &raw)
+                    && let Some(tx) = progress.acknowledged.lock().ok().and_then(|mut t| t.take())
+                {
+                    let _ = tx.send(raw.clone());
+                }
                 match read_until(up, object_id, expected, policy, deadline, &mut jitter).await {
                     Ok(()) => {
                         return Fate::Confirmed {
@@ -543,7 +574,8 @@ async fn find_until<U: Upstream>(
     }
 }
 
-/// Polls the read-back until it matches, differs for good, or the window ends.
+/// Polls the read-back until it matches, differs for good, or the window ends. The last read
+/// is made at the window's end, not one backoff step before it, and by ObjectID.
 async fn read_until<U: Upstream>(
     up: &U,
     object_id: i64,
@@ -556,7 +588,8 @@ async fn read_until<U: Upstream>(
     let mut n = 0;
     loop {
         n += 1;
-        let last = match up.read(object_id).await {
+        let last = tokio::time::Instant::now() >= window_end;
+        let missing = match up.read(object_id, last).await {
             ReadBack::Found(stored) => match expected.compare(&stored) {
                 None => return Ok(()),
                 Some(diff) => format!("read back differs: {diff}"),
@@ -566,11 +599,14 @@ async fn read_until<U: Upstream>(
             }
             ReadBack::Failed(e) => format!("read back failed: {e}"),
         };
+        if last {
+            return Err(missing);
+        }
         let now = tokio::time::Instant::now();
         if now >= window_end {
-            return Err(last);
+            // The window ended during this read: one more, the last, by ObjectID.
+            continue;
         }
-        // The last read is made at the window's end, not one backoff step before it.
         let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
         tokio::time::sleep(wait.min(window_end - now)).await;
     }

@@ -54,6 +54,9 @@ pub struct Interceptor {
     pub give_up: CancellationToken,
     /// Bytes of intercepted bodies in memory, across requests.
     pub budget: Arc<budget::Budget>,
+    /// Read-backs that go on after their client was answered (`confirm.hold = "ambiguous"`);
+    /// the drain waits for them.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 /// What interception makes of a request: the sidecar's own answer, or a request for the proxy
@@ -179,6 +182,7 @@ impl Interceptor {
             metrics,
             journal,
             give_up: CancellationToken::new(),
+            background: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -194,7 +198,7 @@ impl Interceptor {
 
 /// Handles an intercepted request end to end.
 pub async fn handle(
-    icpt: &Interceptor,
+    icpt: &Arc<Interceptor>,
     ctx: &RequestCtx,
     op: Operation,
     req: Request<Incoming>,

@@ -154,6 +154,16 @@ pub struct Journal {
     room: Arc<capacity::Room>,
 }
 
+/// SQLite's `synchronous` level for the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit reaches the disk before it returns: a forwarded write's row survives a
+    /// power loss.
+    Full,
+    /// WAL commits reach the disk at checkpoints: survives the process, not the machine.
+    Normal,
+}
+
 /// What [`Journal::recover_unowned`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovery {
@@ -229,6 +239,12 @@ impl Journal {
     /// Opens (creating if needed, 0600) the journal at `path` to read and record, migrating an
     /// older file. Changes no row: this is how the operator's commands open it.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(path, Durability::Full)
+    }
+
+    /// [`Journal::open`] with a chosen `synchronous` level: only benchmarks choose `Normal`,
+    /// to measure what `Full` costs (docs/confirmation.md).
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Journal, JournalError> {
         let err = |source| JournalError::Sqlite {
             path: path.display().to_string(),
             source,
@@ -242,7 +258,11 @@ impl Journal {
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        let level = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", level)
             .map_err(err)?;
         schema::migrate(&mut conn).map_err(err)?;
         let secret = schema::writer_secret(&conn).map_err(err)?;

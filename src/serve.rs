@@ -165,13 +165,13 @@ pub async fn run_with(
         rally::lookups::Lookups::new(rally.clone(), &rule_fields, config.guard.cache_ttl)
             .remember_failures(config.guard.failure_cache_ttl),
     );
-    let interceptor = intercept::Interceptor::new(
+    let interceptor = Arc::new(intercept::Interceptor::new(
         config.clone(),
         lookups,
         context.clone(),
         metrics.clone(),
         journal.clone(),
-    );
+    ));
     let proxy_handle = Arc::new(Proxy::new(
         config.clone(),
         rally.clone(),
@@ -307,7 +307,6 @@ pub async fn run_with(
         shutdown,
     )
     .await;
-    drain_flag.abort();
     watcher.abort();
     if let Some(h) = housekeeping {
         h.abort();
@@ -321,6 +320,17 @@ pub async fn run_with(
             "connections cut at the end of the shutdown grace period"
         );
     }
+    // Read-backs still going on behind answered clients (`confirm.hold = "ambiguous"`): they
+    // end by the give-up before the grace deadline, their rows settled.
+    let background = &proxy_handle.interceptor().background;
+    background.close();
+    if tokio::time::timeout(grace, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background read-backs still running at the end of the grace period");
+    }
+    drain_flag.abort();
     if let Some(h) = heart {
         h.abort();
     }

@@ -251,6 +251,21 @@ fn other_writer(row: &Row, operator_digest: &str, me: &User) -> Option<String> {
     })
 }
 
+/// The `workspace=` a stored path names, if any.
+fn workspace_of(path: &str) -> Option<String> {
+    let (_, q) = path.split_once('?')?;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        k.eq_ignore_ascii_case("workspace")
+            .then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .and_then(|v| crate::wsapi::scope_id(&v))
+    })
+}
+
 /// The fingerprint query of a row's result, if it can be built.
 fn fingerprint_of(row: &Row) -> Option<String> {
     let body: Value = serde_json::from_str(&row.body).ok()?;
@@ -291,8 +306,9 @@ async fn replay_row(
     );
     ctx.cred.apply(&mut headers);
     let up = RallyWrite {
-        lookups: &ctx.lookups,
-        cred: &ctx.cred,
+        lookups: ctx.lookups.clone(),
+        cred: ctx.cred.clone(),
+        conn: None,
         method: if row.operation == "update" {
             Method::POST
         } else {
@@ -301,6 +317,7 @@ async fn replay_row(
         uri,
         headers,
         body: bytes::Bytes::from(row.body.clone()),
+        workspace: workspace_of(&row.path),
         ctx: None,
     };
     let kind = if row.operation == "update" {

@@ -159,6 +159,7 @@ pub struct RawConfirm {
     pub readback_window: Option<String>,
     pub unconfirmed_status: Option<u16>,
     pub check_rollup: Option<bool>,
+    pub hold: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]

@@ -328,11 +328,23 @@ fn validate_confirmation(
             http::StatusCode::OK
         }
     };
+    let hold = match c.hold.as_deref().unwrap_or(defaults::HOLD) {
+        "readback" => Hold::Readback,
+        "ambiguous" => Hold::Ambiguous,
+        other => {
+            e.push(ConfigError {
+                key: "confirm.hold".into(),
+                message: format!("{other:?} is not \"readback\" or \"ambiguous\""),
+            });
+            Hold::Readback
+        }
+    };
     let confirm = ConfirmConfig {
         enabled: c.enabled.unwrap_or(defaults::CONFIRM_ENABLED),
         policy,
         unconfirmed_status,
         check_rollup: c.check_rollup.unwrap_or(false),
+        hold,
     };
     let journal = JournalConfig {
         path: raw

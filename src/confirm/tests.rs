@@ -44,6 +44,8 @@ struct Script {
     /// object id → (readable after this many reads, build stored)
     store: Mutex<Vec<(i64, u32, String)>>,
     reads: Mutex<u32>,
+    /// Whether each read was marked the last of its window.
+    last_flags: Mutex<Vec<bool>>,
     submits: Mutex<u32>,
     finds: Mutex<Vec<String>>,
     /// What `find` returns.
@@ -83,7 +85,8 @@ impl Upstream for Script {
             }),
         )
     }
-    async fn read(&self, object_id: i64) -> ReadBack {
+    async fn read(&self, object_id: i64, last: bool) -> ReadBack {
+        self.last_flags.lock().expect("lock").push(last);
         let mut reads = self.reads.lock().expect("lock");
         *reads += 1;
         if self.lagging() {
@@ -403,12 +406,44 @@ impl Upstream for Silent {
     async fn submit(&self) -> (Answer, Option<RawAnswer>) {
         std::future::pending().await
     }
-    async fn read(&self, _: i64) -> ReadBack {
+    async fn read(&self, _: i64, _: bool) -> ReadBack {
         std::future::pending().await
     }
     async fn find(&self, _: &str) -> Result<Vec<i64>, String> {
         std::future::pending().await
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_result_is_declared_missing_only_by_a_read_by_object_id() {
+    // Acknowledged, never readable: every read but the last may be coalesced; the one that
+    // decides is the last, made by ObjectID.
+    let s = Script::default();
+    s.answers
+        .lock()
+        .expect("lock")
+        .extend([Answer::Accepted { object_id: 9 }]);
+    let mut p = policy();
+    p.max_attempts = 0;
+    let fate = confirm(
+        &s,
+        Kind::Update,
+        false,
+        &expected(),
+        &p,
+        || 0.5,
+        std::future::pending(),
+    )
+    .await;
+    assert!(matches!(fate, Fate::Unconfirmed { .. }), "{fate:?}");
+    let flags = s.last_flags.lock().expect("lock").clone();
+    assert!(flags.len() > 2, "polled through the window: {flags:?}");
+    assert_eq!(
+        flags.last(),
+        Some(&true),
+        "the deciding read is by ObjectID: {flags:?}"
+    );
+    assert!(flags[..flags.len() - 1].iter().all(|l| !l), "{flags:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -24,6 +24,7 @@ use crate::wsapi::{parse_ref, scope_id};
 /// Reads made on behalf of callers, with their caches.
 pub struct Lookups {
     rally: Arc<Rally>,
+    reads: Arc<super::coalesce::Coalescer>,
     /// Attributes of TestCase the guard needs (rule fields included).
     fetch: String,
     test_cases: Cache<(String, String), Arc<Lookup>>,
@@ -79,6 +80,7 @@ impl Lookups {
             }
         }
         Lookups {
+            reads: super::coalesce::Coalescer::new(rally.clone()),
             rally,
             fetch: fields.join(","),
             test_cases: Cache::builder()
@@ -254,8 +256,17 @@ impl Lookups {
             .map(|(_, id)| id)
     }
 
-    /// A stored result, read back by ObjectID (a follow-up of a write already sent).
-    pub async fn read_result(&self, cred: &Credential, object_id: i64) -> ReadBack {
+    /// A stored result read back (a follow-up of a write already sent): with the next coalesced
+    /// round of its user's read-backs in `workspace` when one is given, else by ObjectID.
+    pub async fn read_result(
+        &self,
+        cred: &Credential,
+        object_id: i64,
+        workspace: Option<&str>,
+    ) -> ReadBack {
+        if let Some(ws) = workspace {
+            return self.reads.read(cred, ws, object_id).await;
+        }
         let path = format!("testcaseresult/{object_id}?fetch=TestCase,Build,Date,Verdict,Tester");
         match self.rally.get_json(cred, &path, Priority::FollowUp).await {
             Ok((_, json)) => match json.get("TestCaseResult").and_then(Value::as_object) {
@@ -275,12 +286,27 @@ impl Lookups {
     /// The ObjectIDs of the results a query finds (a fingerprint search of a write already
     /// sent).
     pub async fn find_results(&self, cred: &Credential, query: &str) -> Result<Vec<i64>, String> {
+        self.find_results_in(cred, query, None).await
+    }
+
+    /// [`Lookups::find_results`] over the whole of `workspace` when it is known (a query
+    /// without one searches the user's default workspace only, and would miss a result written
+    /// to another — then write it twice).
+    pub async fn find_results_in(
+        &self,
+        cred: &Credential,
+        query: &str,
+        workspace: Option<&str>,
+    ) -> Result<Vec<i64>, String> {
         let q = percent_encoding::utf8_percent_encode(query, percent_encoding::NON_ALPHANUMERIC);
+        let scope = workspace
+            .map(|w| format!("&workspace=/workspace/{w}&project=null"))
+            .unwrap_or_default();
         let (status, json) = self
             .rally
             .get_json(
                 cred,
-                &format!("testcaseresult?query={q}&fetch=ObjectID&pagesize=200"),
+                &format!("testcaseresult?query={q}&fetch=ObjectID&pagesize=200{scope}"),
                 Priority::FollowUp,
             )
             .await

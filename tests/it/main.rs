@@ -20,4 +20,5 @@ mod promise;
 mod records;
 mod sim_api;
 mod support;
+mod throughput;
 mod transparency;
