@@ -7,7 +7,8 @@
 //!   `unconfirmed` may later become `confirmed` (replay, sweep) — never the other way;
 //! - at start, rows still `pending` (the sidecar stopped mid-write) are reported and marked
 //!   `unconfirmed`, never dropped;
-//! - only `confirmed` rows are pruned (by age and count).
+//! - only `confirmed`, `rejected` and `refused` rows are pruned (by age and count, and near
+//!   `journal.max_bytes`: [`capacity`]); `pending` and `unconfirmed` rows never are.
 //!
 //! - a write the sidecar refused (archived test case, no build, bad body) is recorded as
 //!   `refused` with its reason; it was never forwarded;
@@ -25,9 +26,11 @@
 //! forwarded write's row (docs/confirmation.md has the measured cost). It is created 0600: it
 //! holds result bodies and Notes.
 
+pub mod capacity;
 pub mod owner;
 mod report;
 mod schema;
+mod summary;
 
 pub use report::{BuildCounts, WriteView};
 
@@ -147,6 +150,8 @@ pub struct Journal {
     secret: [u8; 32],
     /// The owner lease this handle holds (`serve`), if any.
     instance: Option<String>,
+    /// Whether the last insert failed for lack of space ([`capacity`]).
+    room: Arc<capacity::Room>,
 }
 
 /// SQLite's `synchronous` level for the journal.
@@ -266,6 +271,7 @@ impl Journal {
             path: path.to_path_buf(),
             secret,
             instance: None,
+            room: Arc::default(),
         })
     }
 
@@ -361,9 +367,13 @@ impl Journal {
     ) -> Result<T, JournalError> {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
+        let room = self.room.clone();
         tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c).map_err(|source| JournalError::Sqlite { path, source })
+            f(&mut c).map_err(|source| {
+                room.note(&source);
+                JournalError::Sqlite { path, source }
+            })
         })
         .await
         .map_err(|e| JournalError::Task(e.to_string()))?
@@ -375,9 +385,13 @@ impl Journal {
     ) -> Result<T, JournalError> {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
+        let room = self.room.clone();
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&c).map_err(|source| JournalError::Sqlite { path, source })
+            f(&c).map_err(|source| {
+                room.note(&source);
+                JournalError::Sqlite { path, source }
+            })
         })
         .await
         .map_err(|e| JournalError::Task(e.to_string()))?

@@ -127,6 +127,9 @@ enum Command {
         /// Extra DNS names or IP addresses for the server certificate.
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// Days the server certificate is valid (at most 825, which Apple platforms require).
+        #[arg(long, default_value_t = rally_sidecar::commands::cert::MAX_SERVER_DAYS)]
+        days: u32,
     },
 }
 
@@ -263,8 +266,8 @@ fn main() -> ExitCode {
             admin_listen,
             dir,
         }) => demo(Some(listen), Some(admin_listen), dir),
-        Some(Command::Cert { out, sans }) => {
-            match rally_sidecar::commands::cert::generate(&out, &sans) {
+        Some(Command::Cert { out, sans, days }) => {
+            match rally_sidecar::commands::cert::generate_for(&out, &sans, days) {
                 Ok(paths) => {
                     println!(
                         "{} {}\nserver certificate: {}\nprivate key:        {}\ntrust it with:      REQUESTS_CA_BUNDLE={} (pyral), NODE_EXTRA_CA_CERTS={} (Node)",
@@ -280,6 +283,10 @@ fn main() -> ExitCode {
                         paths.ca_cert.display(),
                     );
                     ExitCode::SUCCESS
+                }
+                Err(e @ rally_sidecar::commands::cert::CertError::Days(_)) => {
+                    eprintln!("rally-sidecar cert: {e}");
+                    ExitCode::from(EX_USAGE)
                 }
                 Err(e) => {
                     eprintln!("rally-sidecar cert: {e}");

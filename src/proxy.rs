@@ -202,6 +202,9 @@ impl Proxy {
         }
         let is_head = req.method() == Method::HEAD;
         let (parts, incoming) = req.into_parts();
+        // A streamed body may not stall longer than listen.body_read_timeout between chunks.
+        let incoming =
+            crate::server::deadline::Paced::new(incoming, self.cfg.listen.body_read_timeout);
         let body = Observed::new(incoming, ctx.bytes_in.clone(), None).boxed_unsync();
         let sent = self
             .rally

@@ -84,7 +84,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), S
   credentials: alice _sim_alice_key (Editor), bob _sim_bob_key (Viewer), dave _sim_dave_readonly (read-only key),
                carol@example.com / carol-pass (basic auth, Editor)
   writes:  results without Build/Date/Tester get them filled (build context: \"demo-build\"; change it with
-           curl -X PUT http://{admin}/context -d '{{\"build\": \"my-build\"}}'); TC90 is archived (c_Lifecycle)
+           curl -X PUT http://{admin}/context -H 'Content-Type: application/json' -d '{{\"build\": \"my-build\"}}');
+           TC90 is archived (c_Lifecycle)
            and TC91 is in a closed project: writes to them are refused. Journal: {journal}
   admin:   http://{admin}/healthz /readyz /metrics /context
   Ctrl-C stops both.",

@@ -475,14 +475,17 @@ pub fn render(r: &SweepReport) -> String {
             .find(|(o, _)| *o == a.object_id)
             .map(|(_, x)| x.to_string())
             .unwrap_or_else(|| "planned".into());
+        // Values from Rally are escaped: a Build cannot write to the operator's terminal.
+        use crate::telemetry::redact::escape_controls as esc;
         s.push_str(&format!(
-            "  {:>12}  tc={:<8} build={:<16} {} -> {}  dated {}  {outcome}\n",
+            "  {:>12}  tc={:<8} build={:<16} {} -> {}  dated {}  {}\n",
             a.object_id,
-            a.test_case.as_deref().unwrap_or("-"),
-            a.build.as_deref().unwrap_or("-"),
-            a.from,
-            a.to,
-            a.date
+            esc(a.test_case.as_deref().unwrap_or("-")),
+            esc(a.build.as_deref().unwrap_or("-")),
+            esc(&a.from),
+            esc(&a.to),
+            esc(&a.date),
+            esc(&outcome)
         ));
     }
     if !r.journal_reconfirmed.is_empty() {

@@ -3,7 +3,10 @@
 //! fingerprint and test case for `guard.cache_ttl`, concurrent misses coalesced into one read),
 //! the credential's owner for Tester (cached per fingerprint), a result's current TestCase for
 //! updates, and — for confirmation — a result read back by ObjectID and results searched by
-//! fingerprint. Failed reads are never cached.
+//! fingerprint. A failed read (Rally unreachable, a timeout, the credential refused) is not
+//! cached as an answer, but remembered briefly for its credential (`guard.failure_cache_ttl`):
+//! meanwhile that credential's guard, owner and update-target lookups fail at once, so a batch
+//! of 500 results under a bogus key costs one upstream read, not a thousand.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +29,9 @@ pub struct Lookups {
     fetch: String,
     test_cases: Cache<(String, String), Arc<Lookup>>,
     owners: Cache<String, Arc<User>>,
-    /// Credentials Rally would not name a user for, remembered briefly so that a bogus key
-    /// does not make every request cost another read.
-    unknown: Cache<String, Arc<String>>,
+    /// Credentials (by fingerprint) whose last lookup failed, and why: remembered briefly
+    /// (`guard.failure_cache_ttl`) so that a bogus key does not make every request cost reads.
+    failures: Cache<String, Arc<String>>,
 }
 
 /// A Rally user, as the sidecar names writers.
@@ -88,11 +91,28 @@ impl Lookups {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
-            unknown: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(30))
-                .build(),
+            failures: failure_cache(Duration::from_secs(5)),
         }
+    }
+
+    /// Remembers a credential's failed lookup for `ttl` (zero: not at all).
+    pub fn remember_failures(mut self, ttl: Duration) -> Lookups {
+        self.failures = failure_cache(ttl);
+        self
+    }
+
+    /// Why this credential's lookups fail at the moment, if they do.
+    async fn failing(&self, cred: &Credential) -> Option<String> {
+        self.failures
+            .get(cred.fingerprint())
+            .await
+            .map(|e| format!("{e} (a lookup with this credential failed moments ago)"))
+    }
+
+    async fn failed(&self, cred: &Credential, error: &str) {
+        self.failures
+            .insert(cred.fingerprint().to_string(), Arc::new(error.to_string()))
+            .await;
     }
 
     /// The client these reads go through.
@@ -156,6 +176,9 @@ impl Lookups {
 
     /// The TestCase a write targets, as the caller sees it.
     pub async fn test_case(&self, cred: &Credential, id: &str) -> Lookup {
+        if let Some(e) = self.failing(cred).await {
+            return Lookup::Failed(e);
+        }
         let key = (cred.fingerprint().to_string(), id.to_string());
         match self
             .test_cases
@@ -163,7 +186,10 @@ impl Lookups {
             .await
         {
             Ok(found) => (*found).clone(),
-            Err(e) => Lookup::Failed((*e).clone()),
+            Err(e) => {
+                self.failed(cred, &e).await;
+                Lookup::Failed((*e).clone())
+            }
         }
     }
 
@@ -171,8 +197,8 @@ impl Lookups {
     /// names none, and who the journal says wrote it. Once known, the credential's requests
     /// count against that user's slots (Rally's cap is per user, whatever the key).
     pub async fn owner(&self, cred: &Credential) -> Result<User, String> {
-        if let Some(why) = self.unknown.get(cred.fingerprint()).await {
-            return Err((*why).clone());
+        if let Some(e) = self.failing(cred).await {
+            return Err(e);
         }
         let fetch = async {
             let (status, json) = self
@@ -201,9 +227,7 @@ impl Lookups {
         {
             Ok(u) => (*u).clone(),
             Err(e) => {
-                self.unknown
-                    .insert(cred.fingerprint().to_string(), e.clone())
-                    .await;
+                self.failed(cred, &e).await;
                 return Err((*e).clone());
             }
         };
@@ -213,10 +237,19 @@ impl Lookups {
 
     /// The TestCase id a stored result belongs to (for the guard on updates).
     pub async fn result_test_case(&self, cred: &Credential, result_id: &str) -> Option<String> {
-        let (_, json) = self
+        if self.failing(cred).await.is_some() {
+            return None;
+        }
+        let (_, json) = match self
             .get_json(cred, &format!("testcaseresult/{result_id}?fetch=TestCase"))
             .await
-            .ok()?;
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.failed(cred, &e.to_string()).await;
+                return None;
+            }
+        };
         json.get("TestCaseResult")
             .and_then(|r| r.get("TestCase"))
             .and_then(parse_ref)
@@ -297,6 +330,13 @@ impl Lookups {
             })
             .unwrap_or_default())
     }
+}
+
+fn failure_cache(ttl: Duration) -> Cache<String, Arc<String>> {
+    Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(ttl.max(Duration::from_millis(1)))
+        .build()
 }
 
 /// The first entry of the first root value's `Errors`.
