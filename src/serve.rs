@@ -483,9 +483,8 @@ async fn sweep_loop(
     every: std::time::Duration,
     shutdown: CancellationToken,
 ) {
-    let Some(key) = std::env::var("RALLY_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty())
+    let Some(key) = crate::rally::credential::Operator::from_env()
+        .and_then(|o| o.api_key().map(str::to_string))
     else {
         tracing::error!(
             "sweep.interval is set but RALLY_API_KEY is not: the periodic sweep is off"
@@ -521,4 +520,31 @@ async fn sweep_loop(
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
     }
+}
+
+/// `rally-sidecar serve`: the sidecar until a signal, then its drain.
+pub fn cli(args: crate::commands::ConfigArgs) -> u8 {
+    let cfg = match args.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::telemetry::logging::init(&cfg.log);
+    crate::commands::block_on(async move {
+        let listeners = match Listeners::bind(&cfg).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("rally-sidecar: {e}");
+                return 1;
+            }
+        };
+        let token = tokio_util::sync::CancellationToken::new();
+        cancel_on_signals(token.clone());
+        match run(cfg, listeners, token).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rally-sidecar: {e}");
+                1
+            }
+        }
+    })
 }
