@@ -7,7 +7,8 @@
 //!   `unconfirmed` may later become `confirmed` (replay, sweep) — never the other way;
 //! - at start, rows still `pending` (the sidecar stopped mid-write) are reported and marked
 //!   `unconfirmed`, never dropped;
-//! - only `confirmed` rows are pruned (by age and count).
+//! - only `confirmed`, `rejected` and `refused` rows are pruned (by age and count, and near
+//!   `journal.max_bytes`: [`capacity`]); `pending` and `unconfirmed` rows never are.
 //!
 //! - a write the sidecar refused (archived test case, no build, bad body) is recorded as
 //!   `refused` with its reason; it was never forwarded;
@@ -25,9 +26,11 @@
 //! forwarded write's row (docs/confirmation.md has the measured cost). It is created 0600: it
 //! holds result bodies and Notes.
 
+pub mod capacity;
 pub mod owner;
 mod report;
 mod schema;
+mod summary;
 // Fleet mode: rows also recorded in the fleet's ledger, and their shipping (issue 15).
 mod ship;
 
@@ -149,6 +152,18 @@ pub struct Journal {
     secret: [u8; 32],
     /// The owner lease this handle holds (`serve`), if any.
     instance: Option<String>,
+    /// Whether the last insert failed for lack of space ([`capacity`]).
+    room: Arc<capacity::Room>,
+}
+
+/// SQLite's `synchronous` level for the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit reaches the disk before it returns: a forwarded write's row survives a
+    /// power loss.
+    Full,
+    /// WAL commits reach the disk at checkpoints: survives the process, not the machine.
+    Normal,
 }
 
 /// What [`Journal::recover_unowned`] did.
@@ -226,6 +241,12 @@ impl Journal {
     /// Opens (creating if needed, 0600) the journal at `path` to read and record, migrating an
     /// older file. Changes no row: this is how the operator's commands open it.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(path, Durability::Full)
+    }
+
+    /// [`Journal::open`] with a chosen `synchronous` level: only benchmarks choose `Normal`,
+    /// to measure what `Full` costs (docs/confirmation.md).
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Journal, JournalError> {
         let err = |source| JournalError::Sqlite {
             path: path.display().to_string(),
             source,
@@ -239,7 +260,11 @@ impl Journal {
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        let level = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", level)
             .map_err(err)?;
         schema::migrate(&mut conn).map_err(err)?;
         let secret = schema::writer_secret(&conn).map_err(err)?;
@@ -248,6 +273,7 @@ impl Journal {
             path: path.to_path_buf(),
             secret,
             instance: None,
+            room: Arc::default(),
         })
     }
 
@@ -343,9 +369,13 @@ impl Journal {
     ) -> Result<T, JournalError> {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
+        let room = self.room.clone();
         tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c).map_err(|source| JournalError::Sqlite { path, source })
+            f(&mut c).map_err(|source| {
+                room.note(&source);
+                JournalError::Sqlite { path, source }
+            })
         })
         .await
         .map_err(|e| JournalError::Task(e.to_string()))?
@@ -357,9 +387,13 @@ impl Journal {
     ) -> Result<T, JournalError> {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
+        let room = self.room.clone();
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&c).map_err(|source| JournalError::Sqlite { path, source })
+            f(&c).map_err(|source| {
+                room.note(&source);
+                JournalError::Sqlite { path, source }
+            })
         })
         .await
         .map_err(|e| JournalError::Task(e.to_string()))?

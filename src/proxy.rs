@@ -42,7 +42,7 @@ pub struct Proxy {
     cfg: Arc<Config>,
     rally: Arc<Rally>,
     metrics: Arc<Metrics>,
-    interceptor: Interceptor,
+    interceptor: Arc<Interceptor>,
 }
 
 impl Proxy {
@@ -50,7 +50,7 @@ impl Proxy {
         cfg: Arc<Config>,
         rally: Arc<Rally>,
         metrics: Arc<Metrics>,
-        interceptor: Interceptor,
+        interceptor: Arc<Interceptor>,
     ) -> Self {
         Proxy {
             cfg,
@@ -63,6 +63,11 @@ impl Proxy {
     /// The Rally client.
     pub fn rally(&self) -> &Arc<Rally> {
         &self.rally
+    }
+
+    /// The interception layer (the drain waits for its background read-backs).
+    pub fn interceptor(&self) -> &Arc<Interceptor> {
+        &self.interceptor
     }
 
     /// The token that makes held writes answer at once (cancelled near the shutdown deadline).
@@ -197,6 +202,9 @@ impl Proxy {
         }
         let is_head = req.method() == Method::HEAD;
         let (parts, incoming) = req.into_parts();
+        // A streamed body may not stall longer than listen.body_read_timeout between chunks.
+        let incoming =
+            crate::server::deadline::Paced::new(incoming, self.cfg.listen.body_read_timeout);
         let body = Observed::new(incoming, ctx.bytes_in.clone(), None).boxed_unsync();
         let sent = self
             .rally

@@ -474,6 +474,7 @@ async fn drive(
                     confirmed: None,
                     journal_id: None,
                     ledger_id: None,
+                    acknowledged_only: false,
                     error: None,
                     transport_error: Some("no live pod".into()),
                     latency: Duration::ZERO,

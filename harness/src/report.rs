@@ -20,8 +20,9 @@ pub fn summary(r: &SoakReport) -> String {
     );
     if !r.direct {
         out += &format!(
-            "confirmed {}, unconfirmed and journaled {} (of which stored anyway {}), rejected {}, **duplicates {}**, **lost {}**\n\n",
+            "confirmed {}, answered at the acknowledgement then not read back {}, unconfirmed and journaled {} (of which stored anyway {}), rejected {}, **duplicates {}**, **lost {}**\n\n",
             t.confirmed,
+            t.acknowledged_unconfirmed,
             t.unconfirmed_journaled,
             t.unconfirmed_but_stored,
             t.rejected,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method};
 use serde_json::Value;
 
-use super::{ReplayReport, Replayed, without_key};
+use super::{ReplayReport, Replayed, without_key, workspace_of};
 use crate::config::Config;
 use crate::confirm::{self, Expected, Fate, Kind, rally::RallyWrite};
 use crate::fleet::ledger::{Claim, LedgerRow, Outcome};
@@ -154,8 +154,10 @@ async fn replay_row(
         Kind::Create
     };
     let up = RallyWrite {
-        lookups: &ctx.lookups,
-        cred: &ctx.cred,
+        lookups: ctx.lookups.clone(),
+        cred: ctx.cred.clone(),
+        conn: None,
+        workspace: workspace_of(&row.path),
         method: if kind == Kind::Update {
             Method::POST
         } else {

@@ -12,9 +12,9 @@ use rally_sidecar_harness::fleet::{self, FleetOptions, PgOutage};
 
 #[tokio::test]
 async fn four_pods_one_key_a_kill_and_an_outage_land_every_write_once() {
-    // RALLY_SIDECAR_TEST_BIN: a copy of this tree's binary, where several checkouts share one
+    // SIDECAR_UNDER_TEST: a copy of this tree's binary, where several checkouts share one
     // target directory and so one target/debug/rally-sidecar.
-    let binary = std::env::var_os("RALLY_SIDECAR_TEST_BIN")
+    let binary = std::env::var_os("SIDECAR_UNDER_TEST")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_rally-sidecar").into());
     let mut o = FleetOptions::new(binary, 160, std::env::temp_dir());

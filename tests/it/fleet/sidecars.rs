@@ -182,11 +182,11 @@ async fn the_build_context_set_on_one_pod_reaches_every_pod() {
     let cleared = send(
         Method::DELETE,
         &format!("http://{}/context", b.admin),
-        &[],
+        &[("content-type", "application/json")],
         "",
     )
     .await;
-    assert_eq!(cleared.status, 200);
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
     let t = Instant::now();
     while get(&format!("http://{}/context", a.admin), &[])
         .await
