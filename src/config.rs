@@ -53,6 +53,7 @@ impl std::error::Error for ConfigErrors {}
 
 mod admin;
 mod env;
+pub mod fleet;
 mod listen;
 mod raw;
 mod validate;
@@ -292,7 +293,7 @@ pub struct Config {
     pub scope: ScopeConfig,
     pub sweep: SweepConfig,
     /// Fleet mode (`[fleet]`), off without a database URL.
-    pub fleet: Option<crate::fleet::FleetConfig>,
+    pub fleet: Option<fleet::FleetConfig>,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,

@@ -266,13 +266,16 @@ pub async fn replay_all(
             break;
         }
         let n = rows.len();
+        let began = Instant::now();
         let done = rally_sidecar::commands::journal::replay(cfg.clone(), j, rows, API_KEY).await?;
+        let elapsed_s = began.elapsed().as_secs_f64();
         let confirmed = done.iter().filter(|r| r.state == State::Confirmed).count();
         out.push(ReplayPass {
             rows: n,
             confirmed,
             adopted: done.iter().filter(|r| r.adopted).count(),
             still_unconfirmed: n - confirmed,
+            elapsed_s,
         });
     }
     Ok(out)

@@ -174,6 +174,8 @@ pub struct ReplayPass {
     /// Found already stored, by fingerprint (not written again).
     pub adopted: usize,
     pub still_unconfirmed: usize,
+    /// Seconds the pass took.
+    pub elapsed_s: f64,
 }
 
 /// After the replay: where every write ended.
