@@ -25,7 +25,14 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use uuid::Uuid;
 
-pub use crate::rally::governor::Priority;
+/// Which queue a request waits in (the local governor's classes, and the same order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A new request (client traffic, a first write, a guard lookup).
+    Normal,
+    /// The follow-up of a write already sent: served before any `Normal` request.
+    FollowUp,
+}
 
 use super::{BUDGET_CHANNEL, Fleet, FleetError, Notice, Shared};
 

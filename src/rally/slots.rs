@@ -62,7 +62,7 @@ impl Slots {
                 .map_err(|e| ProxyError::Overloaded(e.to_string())),
             Slots::Fleet(f) => f
                 .budget
-                .acquire(lane, priority)
+                .acquire(lane, fleet_class(priority))
                 .await
                 .map(Turn::Fleet)
                 .map_err(|e| ProxyError::Overloaded(e.to_string())),
@@ -110,5 +110,13 @@ impl Slots {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&credential_lane);
         });
+    }
+}
+
+/// The governor's class as the fleet's budget names it.
+fn fleet_class(p: Priority) -> crate::fleet::budget::Priority {
+    match p {
+        Priority::Normal => crate::fleet::budget::Priority::Normal,
+        Priority::FollowUp => crate::fleet::budget::Priority::FollowUp,
     }
 }
