@@ -207,9 +207,10 @@ pub async fn replay(
         .await
         .map_err(|e| format!("Rally did not say whose key RALLY_API_KEY is ({e})"))?;
     // Rows in flight: most of a row's time is spent waiting (backoff, read lag, the read-back
-    // window), holding no slot, so several rows per slot keep the user's budget busy; the
-    // governor still never lets more than the budget's requests reach Rally at once.
-    let at_once = cfg.upstream.max_concurrency_per_credential.max(1) * 8;
+    // window), holding no slot, so many rows per slot keep the user's budget busy (measured:
+    // 8 per slot 11.6 rows/s, 32 35.6, 64 66.2 with the soak's faults at 5 ms; docs/benchmarks.md);
+    // the governor still never lets more than the budget's requests reach Rally at once.
+    let at_once = cfg.upstream.max_concurrency_per_credential.max(1) * 64;
     let ctx = &ctx;
     let cfg = &cfg;
     // Rows for the same result (same fingerprint: the client sent it twice) go in separate
