@@ -93,7 +93,7 @@ pub enum Kind {
 pub async fn confirm<U: Upstream>(
     up: &U,
     kind: Kind,
-    look_first: bool,
+    look_first: Option<Duration>,
     expected: &Expected,
     policy: &Policy,
     jitter: impl FnMut() -> f64 + Send,
@@ -112,7 +112,7 @@ pub async fn confirm<U: Upstream>(
 pub async fn confirm_with<U: Upstream>(
     up: &U,
     kind: Kind,
-    look_first: bool,
+    look_first: Option<Duration>,
     expected: &Expected,
     policy: &Policy,
     jitter: impl FnMut() -> f64 + Send,
@@ -178,7 +178,7 @@ impl Progress {
 async fn drive<U: Upstream>(
     up: &U,
     kind: Kind,
-    look_first: bool,
+    look_first: Option<Duration>,
     expected: &Expected,
     policy: &Policy,
     mut jitter: impl FnMut() -> f64 + Send,
@@ -191,12 +191,10 @@ async fn drive<U: Upstream>(
     // ambiguous answer the search is repeated for the whole read-back window: a result Rally
     // stored may take that long to become visible, and writing again before then would
     // duplicate it. After a lost acceptance the window has already been waited out.
-    let mut must_look = look_first;
-    let mut look_window = if look_first {
-        Duration::ZERO
-    } else {
-        policy.readback_window
-    };
+    // `look_first`: a write that may already be in Rally (a replay) is looked for before it
+    // is written, for as long as a result its last attempt stored may still be invisible.
+    let mut must_look = look_first.is_some();
+    let mut look_window = look_first.unwrap_or(policy.readback_window);
     let query = fingerprint_query(expected);
     loop {
         if attempts > policy.max_attempts {

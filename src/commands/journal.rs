@@ -266,6 +266,19 @@ fn other_writer(row: &Row, operator_digest: &str, me: &User) -> Option<String> {
     })
 }
 
+/// How long a result the row's last attempt stored may still be invisible (reads lag writes):
+/// the replay looks for it that long before writing it again, or once if that time has passed.
+pub(crate) fn still_invisible(updated_at: &str, policy: &confirm::Policy) -> std::time::Duration {
+    let since =
+        time::OffsetDateTime::parse(updated_at, &time::format_description::well_known::Rfc3339)
+            .map(|t| time::OffsetDateTime::now_utc() - t)
+            .ok()
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            // A time that cannot be read: assume the attempt was just now.
+            .unwrap_or(std::time::Duration::ZERO);
+    policy.readback_window.saturating_sub(since)
+}
+
 /// The `workspace=` a stored path names, if any.
 fn workspace_of(path: &str) -> Option<String> {
     let (_, q) = path.split_once('?')?;
@@ -343,7 +356,7 @@ async fn replay_row(
     let fate = confirm::confirm(
         &up,
         kind,
-        kind == Kind::Create,
+        (kind == Kind::Create).then(|| still_invisible(&row.updated_at, &cfg.confirm.policy)),
         &expected,
         &cfg.confirm.policy,
         rand::random::<f64>,

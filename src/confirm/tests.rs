@@ -111,7 +111,7 @@ async fn run(s: &Script, kind: Kind) -> Fate {
     confirm(
         s,
         kind,
-        false,
+        None,
         &expected(),
         &policy(),
         || 0.5,

@@ -195,7 +195,7 @@ impl Interceptor {
         let fate = confirm::confirm_with(
             up,
             held.kind,
-            false,
+            None,
             &held.expected(),
             &self.cfg.confirm.policy,
             rand::random::<f64>,

@@ -168,10 +168,12 @@ async fn replay_row(
         body: bytes::Bytes::from(row.body.clone()),
         ctx: None,
     };
+    let since = time::OffsetDateTime::now_utc() - row.updated_at;
+    let since = std::time::Duration::try_from(since).unwrap_or(std::time::Duration::ZERO);
     let fate = confirm::confirm(
         &up,
         kind,
-        kind == Kind::Create,
+        (kind == Kind::Create).then(|| cfg.confirm.policy.readback_window.saturating_sub(since)),
         &expected,
         &cfg.confirm.policy,
         rand::random::<f64>,

@@ -36,7 +36,7 @@ async fn a_missing_result_is_declared_missing_only_by_a_read_by_object_id() {
     let fate = confirm(
         &s,
         Kind::Update,
-        false,
+        None,
         &expected(),
         &p,
         || 0.5,
@@ -80,7 +80,7 @@ async fn unit_of_work_is_retried_unless_the_date_cannot_be_right() {
     let fate = confirm(
         &s,
         Kind::Create,
-        false,
+        None,
         &bad,
         &policy(),
         || 0.5,
@@ -115,7 +115,7 @@ async fn the_timeout_bounds_a_submit_that_never_returns() {
     let fate = confirm(
         &Silent,
         Kind::Create,
-        false,
+        None,
         &expected(),
         &p,
         || 0.5,
@@ -171,7 +171,7 @@ async fn shutdown_answers_held_writes_at_once() {
     let fate = confirm(
         &s,
         Kind::Create,
-        false,
+        None,
         &expected(),
         &policy(),
         || 0.5,
@@ -198,7 +198,7 @@ async fn shutdown_ends_a_read_back_in_progress() {
     let fate = confirm(
         &s,
         Kind::Create,
-        false,
+        None,
         &expected(),
         &policy(),
         || 0.5,
@@ -216,4 +216,63 @@ async fn shutdown_ends_a_read_back_in_progress() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_looks_for_a_recent_result_until_it_can_be_visible() {
+    // The last attempt stored the result 2 s before the replay, and reads lag up to the
+    // window: the replay keeps looking for the rest of the window instead of writing again.
+    let s = Script::default();
+    s.store.lock().expect("l").push((11, 0, "b1".into()));
+    *s.found.lock().expect("l") = vec![11];
+    *s.lag_until.lock().expect("l") = Some(tokio::time::Instant::now() + Duration::from_secs(6));
+    let still = policy().readback_window - Duration::from_secs(2);
+    let fate = confirm(
+        &s,
+        Kind::Create,
+        Some(still),
+        &expected(),
+        &policy(),
+        || 0.5,
+        std::future::pending(),
+    )
+    .await;
+    assert!(
+        matches!(
+            fate,
+            Fate::Confirmed {
+                object_id: 11,
+                adopted: true,
+                ..
+            }
+        ),
+        "{fate:?}"
+    );
+    assert_eq!(
+        *s.submits.lock().expect("l"),
+        0,
+        "found, never written again"
+    );
+    // With the window already passed, one search, then the write.
+    let s = Script::default();
+    s.answers
+        .lock()
+        .expect("l")
+        .push_back(Answer::Accepted { object_id: 12 });
+    s.store.lock().expect("l").push((12, 0, "b1".into()));
+    let fate = confirm(
+        &s,
+        Kind::Create,
+        Some(Duration::ZERO),
+        &expected(),
+        &policy(),
+        || 0.5,
+        std::future::pending(),
+    )
+    .await;
+    assert!(
+        matches!(fate, Fate::Confirmed { object_id: 12, .. }),
+        "{fate:?}"
+    );
+    assert_eq!(s.finds.lock().expect("l").len(), 1, "looked once");
 }
