@@ -230,7 +230,9 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok().map(str::to_string));
     let writer = Writer {
         digest: cred.fingerprint().to_string(),
-        user: match icpt.lookups.owner(cred).await {
+        // Boxed: the lookup's state is large and over once it answers; inline it would stay
+        // allocated in this future for as long as the write is held.
+        user: match Box::pin(icpt.lookups.owner(cred)).await {
             Ok(u) => Some(u),
             Err(e) => {
                 tracing::debug!(error = %e, "Rally did not say whose credential this is");

@@ -89,7 +89,9 @@ pub struct NewWrite {
     pub operation: String,
     pub target: Option<String>,
     pub path: String,
-    pub body: String,
+    /// The JSON sent, UTF-8: the very bytes every attempt sends (shared, not copied, while
+    /// the write is held).
+    pub body: bytes::Bytes,
     pub test_case: Option<String>,
     pub build: Option<String>,
     pub verdict: Option<String>,
@@ -206,12 +208,14 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 fn insert_row(c: &Connection, w: &NewWrite, state: State) -> rusqlite::Result<i64> {
+    // Bound as text (the column is TEXT); borrowed, not copied, as the body is UTF-8 JSON.
+    let body = String::from_utf8_lossy(&w.body);
     c.execute(
         "INSERT INTO writes (request_id, received_at, updated_at, credential, rally_user, rally_user_name, operation,
                              target, path, body, state, last_error, test_case, formatted_id, build, verdict, filled, decision)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         params![w.request_id, w.received_at, now(), w.credential, w.rally_user, w.rally_user_name, w.operation,
-                w.target, w.path, w.body, state.as_str(), Option::<String>::None, w.test_case, w.formatted_id, w.build,
+                w.target, w.path, body, state.as_str(), Option::<String>::None, w.test_case, w.formatted_id, w.build,
                 w.verdict, w.filled, w.decision],
     )?;
     Ok(c.last_insert_rowid())
