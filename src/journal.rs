@@ -154,6 +154,10 @@ pub struct Journal {
     instance: Option<String>,
     /// Whether the last insert failed for lack of space ([`capacity`]).
     room: Arc<capacity::Room>,
+    /// One operation at a time on a blocking thread: the connection serializes them anyway,
+    /// and waiting here costs a queued future where waiting on its lock cost a thread (10,000
+    /// writes arriving at once took all 512 of tokio's blocking threads, ~50 MiB).
+    turn: Arc<tokio::sync::Semaphore>,
 }
 
 /// SQLite's `synchronous` level for the journal.
@@ -276,6 +280,7 @@ impl Journal {
             secret,
             instance: None,
             room: Arc::default(),
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -372,7 +377,10 @@ impl Journal {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
         let room = self.room.clone();
+        // Released when the operation ends, even if its caller has gone.
+        let turn = self.turn.clone().acquire_owned().await;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut c).map_err(|source| {
                 room.note(&source);
@@ -390,7 +398,10 @@ impl Journal {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
         let room = self.room.clone();
+        // Released when the operation ends, even if its caller has gone.
+        let turn = self.turn.clone().acquire_owned().await;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let c = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&c).map_err(|source| {
                 room.note(&source);
