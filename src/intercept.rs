@@ -209,6 +209,7 @@ pub async fn handle(
         _ => Envelope::Operation,
     };
     let (mut parts, incoming) = req.into_parts();
+    detach(&mut parts);
     // The charge lives until this function returns: a held write's bytes count until answered.
     let (body, _charge) = match read_body(icpt, incoming, kind).await? {
         Ok(read) => read,
@@ -298,6 +299,22 @@ async fn read_body(
         Err(budget::ReadError::Broken(e)) => Err(ProxyError::BadRequest(format!(
             "reading the request body: {e}"
         ))),
+    }
+}
+
+/// Copies the request's target and header values out of hyper's read buffer, of which they
+/// are slices: a held write keeps them for seconds, and with them the whole 8 KiB buffer, which
+/// hyper, reading on, replaces with another (issue 16). A value that cannot be copied (it
+/// never fails for what hyper parsed) stays as it is.
+fn detach(parts: &mut http::request::Parts) {
+    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    for v in parts.headers.values_mut() {
+        if let Ok(mut own) = header::HeaderValue::from_bytes(v.as_bytes()) {
+            own.set_sensitive(v.is_sensitive());
+            *v = own;
+        }
     }
 }
 
