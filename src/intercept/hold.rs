@@ -212,15 +212,16 @@ impl Interceptor {
     }
 
     /// Drives a journaled write to its fate, counts it, settles its row and logs it. Answers
-    /// at once (unconfirmed) when the shutdown deadline nears.
-    pub(super) async fn confirm<U: Upstream>(
-        &self,
-        up: &U,
-        held: &Held,
+    /// at once (unconfirmed) when the shutdown deadline nears. Not an `async fn` of its own:
+    /// a layer of state machine would be held with every write, its arguments stored twice.
+    pub(super) fn confirm<'a, U: Upstream>(
+        &'a self,
+        up: &'a U,
+        held: &'a Held,
         pending: Pending,
         started: Instant,
-    ) -> Fate {
-        self.confirm_telling(up, held, pending, started, None).await
+    ) -> impl std::future::Future<Output = Fate> + Send + 'a {
+        self.confirm_telling(up, held, pending, started, None)
     }
 
     /// [`Interceptor::confirm`], telling `acknowledged` of a clean acknowledgement as soon as
