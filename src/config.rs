@@ -52,7 +52,9 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 mod admin;
+pub mod context;
 mod env;
+pub mod fleet;
 mod listen;
 mod raw;
 mod validate;
@@ -292,7 +294,7 @@ pub struct Config {
     pub scope: ScopeConfig,
     pub sweep: SweepConfig,
     /// Fleet mode (`[fleet]`), off without a database URL.
-    pub fleet: Option<crate::fleet::FleetConfig>,
+    pub fleet: Option<fleet::FleetConfig>,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,

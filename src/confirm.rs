@@ -232,9 +232,9 @@ async fn drive<U: Upstream>(
                             adopted: true,
                             answer: None,
                         },
-                        Err(c) => Fate::Unconfirmed {
+                        Err(unread) => Fate::Unconfirmed {
                             attempts,
-                            cause: c,
+                            cause: unread.to_string(),
                             object_id: Some(object_id),
                         },
                     };
@@ -272,20 +272,20 @@ async fn drive<U: Upstream>(
                             answer: raw,
                         };
                     }
-                    Err(c) if c.starts_with("not readable") && matches!(kind, Kind::Create) => {
+                    Err(unread @ Unread::Missing(_)) if matches!(kind, Kind::Create) => {
                         // Acknowledged but never stored (or lost): look, then write again.
                         progress
                             .object_id
                             .store(0, std::sync::atomic::Ordering::Relaxed);
-                        cause = c;
+                        cause = unread.to_string();
                         must_look = true;
                         look_window = Duration::ZERO;
                         None
                     }
-                    Err(c) => {
+                    Err(unread) => {
                         return Fate::Unconfirmed {
                             attempts,
-                            cause: c,
+                            cause: unread.to_string(),
                             object_id: Some(object_id),
                         };
                     }
@@ -371,6 +371,21 @@ async fn find_until<U: Upstream>(
     }
 }
 
+/// Why a read-back window ended without the result as sent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum Unread {
+    /// Acknowledged, never readable: presumed lost (a create is then looked for and written
+    /// again).
+    #[error("not readable: result {0} was acknowledged but cannot be read")]
+    Missing(i64),
+    /// Readable, but not what was sent.
+    #[error("read back differs: {0}")]
+    Differs(String),
+    /// The reads themselves failed.
+    #[error("read back failed: {0}")]
+    Failed(String),
+}
+
 /// Polls the read-back until it matches, differs for good, or the window ends. The last read
 /// is made at the window's end, not one backoff step before it, and by ObjectID.
 async fn read_until<U: Upstream>(
@@ -380,7 +395,7 @@ async fn read_until<U: Upstream>(
     policy: &Policy,
     deadline: tokio::time::Instant,
     jitter: &mut (impl FnMut() -> f64 + Send),
-) -> Result<(), String> {
+) -> Result<(), Unread> {
     let window_end = (tokio::time::Instant::now() + policy.readback_window).min(deadline);
     let mut n = 0;
     loop {
@@ -389,12 +404,10 @@ async fn read_until<U: Upstream>(
         let missing = match up.read(object_id, last).await {
             ReadBack::Found(stored) => match expected.compare(&stored) {
                 None => return Ok(()),
-                Some(diff) => format!("read back differs: {diff}"),
+                Some(diff) => Unread::Differs(diff),
             },
-            ReadBack::NotFound => {
-                format!("not readable: result {object_id} was acknowledged but cannot be read")
-            }
-            ReadBack::Failed(e) => format!("read back failed: {e}"),
+            ReadBack::NotFound => Unread::Missing(object_id),
+            ReadBack::Failed(e) => Unread::Failed(e),
         };
         if last {
             return Err(missing);

@@ -103,6 +103,7 @@ pub(crate) async fn one_write(
         confirmed: None,
         acknowledged_only: false,
         journal_id: None,
+        ledger_id: None,
         error: None,
         transport_error: None,
         latency: Duration::ZERO,
@@ -130,6 +131,7 @@ pub(crate) async fn one_write(
             o.acknowledged_only = confirmed.as_deref() == Some("pending");
             o.confirmed = confirmed.map(|v| v == "true" || v == "pending");
             o.journal_id = text("x-rally-sidecar-journal-id").and_then(|v| v.parse().ok());
+            o.ledger_id = text("x-rally-sidecar-ledger-id").and_then(|v| v.parse().ok());
             o.error = text("x-rally-sidecar-error");
             match resp.into_body().collect().await {
                 Ok(b) => {
@@ -264,13 +266,16 @@ pub async fn replay_all(
             break;
         }
         let n = rows.len();
+        let began = Instant::now();
         let done = rally_sidecar::commands::journal::replay(cfg.clone(), j, rows, API_KEY).await?;
+        let elapsed_s = began.elapsed().as_secs_f64();
         let confirmed = done.iter().filter(|r| r.state == State::Confirmed).count();
         out.push(ReplayPass {
             rows: n,
             confirmed,
             adopted: done.iter().filter(|r| r.adopted).count(),
             still_unconfirmed: n - confirmed,
+            elapsed_s,
         });
     }
     Ok(out)

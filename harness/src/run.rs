@@ -99,6 +99,8 @@ pub struct Outcome {
     pub acknowledged_only: bool,
     /// `X-Rally-Sidecar-Journal-Id`.
     pub journal_id: Option<i64>,
+    /// `X-Rally-Sidecar-Ledger-Id`: fleet mode answered a retry from the ledger.
+    pub ledger_id: Option<i64>,
     /// The first of the answer's `Errors`, or else `X-Rally-Sidecar-Error`.
     pub error: Option<String>,
     /// No HTTP answer at all (connection failed or cut).
@@ -172,6 +174,8 @@ pub struct ReplayPass {
     /// Found already stored, by fingerprint (not written again).
     pub adopted: usize,
     pub still_unconfirmed: usize,
+    /// Seconds the pass took.
+    pub elapsed_s: f64,
 }
 
 /// After the replay: where every write ended.

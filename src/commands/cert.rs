@@ -172,6 +172,36 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError>
     Ok(())
 }
 
+/// `rally-sidecar cert`: writes the files and says how to trust them.
+pub fn cli(out: &Path, sans: &[String], days: u32) -> u8 {
+    match generate_for(out, sans, days) {
+        Ok(paths) => {
+            println!(
+                "{} {}\nserver certificate: {}\nprivate key:        {}\ntrust it with:      REQUESTS_CA_BUNDLE={} (pyral), NODE_EXTRA_CA_CERTS={} (Node)",
+                if paths.reused_ca {
+                    "reused CA:"
+                } else {
+                    "created CA:"
+                },
+                paths.ca_cert.display(),
+                paths.cert.display(),
+                paths.key.display(),
+                paths.ca_cert.display(),
+                paths.ca_cert.display(),
+            );
+            0
+        }
+        Err(e @ CertError::Days(_)) => {
+            eprintln!("rally-sidecar cert: {e}");
+            super::EX_USAGE
+        }
+        Err(e) => {
+            eprintln!("rally-sidecar cert: {e}");
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -440,3 +440,32 @@ pub fn render(r: &Report) -> String {
     }
     s
 }
+
+/// `rally-sidecar check`.
+pub fn cli(
+    serve: super::ConfigArgs,
+    workspace: Option<String>,
+    projects: Vec<String>,
+    json: bool,
+) -> u8 {
+    let cfg = match serve.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(cred) = Credential::from_env() else {
+        eprintln!("rally-sidecar check: set RALLY_API_KEY, or RALLY_USERNAME and RALLY_PASSWORD");
+        return super::EX_USAGE;
+    };
+    super::block_on(async move {
+        let report = run(&cfg, cred, workspace, projects).await;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            print!("{}", render(&report));
+        }
+        report.exit_code
+    })
+}

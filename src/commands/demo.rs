@@ -98,3 +98,33 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), S
     sim.stop().await;
     result
 }
+
+/// `rally-sidecar demo` (and `cargo run` with nothing configured).
+pub fn cli(
+    listen: Option<std::net::SocketAddr>,
+    admin: Option<std::net::SocketAddr>,
+    dir: Option<std::path::PathBuf>,
+) -> u8 {
+    let mut opts = DemoOptions::default();
+    if let Some(l) = listen {
+        opts.listen = l;
+    }
+    if let Some(a) = admin {
+        opts.admin_listen = a;
+    }
+    if let Some(d) = dir {
+        opts.dir = d;
+    }
+    super::human_logs();
+    super::block_on(async move {
+        let token = tokio_util::sync::CancellationToken::new();
+        crate::cancel_on_signals(token.clone());
+        match run(opts, token).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rally-sidecar demo: {e}");
+                1
+            }
+        }
+    })
+}

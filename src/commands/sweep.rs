@@ -119,6 +119,60 @@ pub fn candidate_of(v: &Value) -> Option<Candidate> {
     })
 }
 
+/// `rally-sidecar sweep`.
+pub fn cli(serve: super::ConfigArgs, apply: bool, dry_run: bool, json: bool) -> u8 {
+    let cfg = match serve.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(key) = crate::rally::credential::Operator::from_env()
+        .and_then(|o| o.api_key().map(str::to_string))
+    else {
+        eprintln!(
+            "rally-sidecar sweep: set RALLY_API_KEY to a full-access API key that may edit the results"
+        );
+        return super::EX_USAGE;
+    };
+    let apply = (apply || cfg.sweep.apply) && !dry_run;
+    super::block_on(async move {
+        let journal = crate::journal::Journal::open(&cfg.journal.path).ok();
+        let cfg = std::sync::Arc::new(cfg);
+        match run(
+            cfg,
+            journal.as_ref(),
+            &key,
+            apply,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        {
+            Ok(report) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", render(&report));
+                }
+                if report
+                    .outcomes
+                    .iter()
+                    .any(|(_, o)| matches!(o, Outcome::Failed(_)))
+                {
+                    2
+                } else {
+                    0
+                }
+            }
+            Err(e) => {
+                eprintln!("rally-sidecar sweep: {e}");
+                1
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,10 +334,18 @@ pub async fn run(
 ) -> Result<SweepReport, String> {
     use crate::confirm::{self, Expected};
     let sweep = &cfg.sweep;
-    let session = crate::rally::Session::new(
-        &cfg,
-        &crate::rally::credential::Operator::ApiKey(api_key.to_string()),
-    )?;
+    let operator = crate::rally::credential::Operator::ApiKey(api_key.to_string());
+    // Fleet mode: the sweep's requests take the fleet's permits like any pod's (issue 15);
+    // its registration lapses with its lease once the sweep is done.
+    let session = match cfg.fleet.clone() {
+        Some(fc) => {
+            let fleet = crate::fleet::Fleet::connect(fc)
+                .await
+                .map_err(|e| format!("fleet: {e}"))?;
+            crate::rally::Session::with_fleet(&cfg, &operator, &fleet)?
+        }
+        None => crate::rally::Session::new(&cfg, &operator)?,
+    };
     let (lookups, cred) = (&session.lookups, &session.cred);
     let cutoff = now - sweep.older_than;
 

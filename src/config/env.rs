@@ -91,7 +91,7 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
     m.insert("journal", fields::<RawJournal>().to_vec());
     m.insert("scope", fields::<RawScope>().to_vec());
     m.insert("sweep", fields::<RawSweep>().to_vec());
-    m.insert("fleet", fields::<crate::fleet::config::RawFleet>().to_vec());
+    m.insert("fleet", fields::<super::fleet::RawFleet>().to_vec());
     m
 }
 

@@ -225,7 +225,7 @@ pub struct RawConfig {
     pub journal: RawJournal,
     pub scope: RawScope,
     pub sweep: RawSweep,
-    pub fleet: crate::fleet::config::RawFleet,
+    pub fleet: super::fleet::RawFleet,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.

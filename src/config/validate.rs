@@ -226,7 +226,7 @@ impl Config {
                 .map(|i| duration("sweep.interval", Some(i), "1h", e)),
         };
 
-        let fleet = crate::fleet::config::validate(&raw.fleet, upstream.queue_timeout, e);
+        let fleet = super::fleet::validate(&raw.fleet, upstream.queue_timeout, e);
 
         if errors.is_empty() {
             Ok(Config {

@@ -371,6 +371,7 @@ mod tests {
             scope: Scope::default(),
             header_build: None,
             kind: Envelope::Create,
+            raw: None,
         };
         let row = held.record(&w);
         let attempts = [held.body(), held.body()];

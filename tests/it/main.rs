@@ -3,6 +3,7 @@
 //! real sockets on 127.0.0.1:0.
 
 mod admin_access;
+mod architecture;
 mod builds;
 mod captures;
 mod confirm;
