@@ -128,6 +128,9 @@ impl ServeOptions {
     }
 }
 
+/// The most hyper buffers per HTTP/1 connection, each way (its default is 400 KiB).
+const MAX_BUF: usize = 64 * 1024;
+
 /// What an HTTP/2 client sends first; anything else is HTTP/1.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -145,7 +148,10 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // hyper's read buffer grows to 400 KiB on a large body and is kept while the request
+        // is answered: a held 1 MiB write kept that much for seconds (issue 16).
+        .max_buf_size(MAX_BUF);
     builder
         .http2()
         .timer(TokioTimer::new())
