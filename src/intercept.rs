@@ -263,10 +263,12 @@ pub async fn handle(
         Operation::CreateResult | Operation::UpdateResult { .. } => {
             single::handle(icpt, &w, &op, parts, body).await
         }
+        // Boxed: their state is larger than a single write's, and inline it would be held
+        // with every single write too.
         Operation::AddResults { test_case } => {
-            results_add::handle(icpt, &w, &test_case, parts, body).await
+            Box::pin(results_add::handle(icpt, &w, &test_case, parts, body)).await
         }
-        Operation::Batch => batch::handle(icpt, &w, parts, body).await,
+        Operation::Batch => Box::pin(batch::handle(icpt, &w, parts, body)).await,
         Operation::Passthrough | Operation::OtherVersion { .. } => {
             Ok(Outcome::forward(parts, body))
         }
