@@ -109,16 +109,16 @@ fn envelope_and_enrichment(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("parse", name), |b| {
             b.iter(|| {
                 let map = parse(black_box(body)).unwrap();
-                let (_, fields) = result_fields(&map).unwrap();
+                let (_, fields) = result_fields(map).unwrap();
                 test_case_id(&fields).map(|s| s.len())
             })
         });
         group.bench_function(BenchmarkId::new("parse_and_enrich", name), |b| {
             b.iter(|| {
                 let map = parse(black_box(body)).unwrap();
-                let (_, fields) = result_fields(&map).unwrap();
+                let (_, fields) = result_fields(map).unwrap();
                 matches!(
-                    enrich(&fields, &sources),
+                    enrich(fields, &sources),
                     rally_sidecar::intercept::enrich::Enriched::Ready(..)
                 )
             })

@@ -127,10 +127,11 @@ pub struct WriteCtx<'a> {
     pub header_build: Option<String>,
     /// The envelope kind of the answer the client expects.
     pub kind: Envelope,
-    /// The body as the client sent it: with the writer and the path, a write's identity in
-    /// the fleet's ledger (enrichment fills `Date` from the time of receipt, so a retry's
-    /// enriched body differs).
-    pub raw: Bytes,
+    /// The body as the client sent it, in fleet mode only: with the writer and the path, a
+    /// write's identity in the fleet's ledger (enrichment fills `Date` from the time of
+    /// receipt, so a retry's enriched body differs). Alone it is not kept: a held write's body
+    /// is held once (issue 16).
+    pub raw: Option<Bytes>,
 }
 
 impl WriteCtx<'_> {
@@ -217,6 +218,7 @@ pub async fn handle(
         _ => Envelope::Operation,
     };
     let (mut parts, incoming) = req.into_parts();
+    detach(&mut parts);
     // The charge lives until this function returns: a held write's bytes count until answered.
     let (body, _charge) = match read_body(icpt, incoming, kind).await? {
         Ok(read) => read,
@@ -238,7 +240,9 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok().map(str::to_string));
     let writer = Writer {
         digest: cred.fingerprint().to_string(),
-        user: match icpt.lookups.owner(cred).await {
+        // Boxed: the lookup's state is large and over once it answers; inline it would stay
+        // allocated in this future for as long as the write is held.
+        user: match Box::pin(icpt.lookups.owner(cred)).await {
             Ok(u) => Some(u),
             Err(e) => {
                 tracing::debug!(error = %e, "Rally did not say whose credential this is");
@@ -253,16 +257,18 @@ pub async fn handle(
         scope: Scope::of_query(parts.uri.query()),
         header_build,
         kind,
-        raw: body.clone(),
+        raw: icpt.fleet.as_ref().map(|_| body.clone()),
     };
     match op {
         Operation::CreateResult | Operation::UpdateResult { .. } => {
             single::handle(icpt, &w, &op, parts, body).await
         }
+        // Boxed: their state is larger than a single write's, and inline it would be held
+        // with every single write too.
         Operation::AddResults { test_case } => {
-            results_add::handle(icpt, &w, &test_case, parts, body).await
+            Box::pin(results_add::handle(icpt, &w, &test_case, parts, body)).await
         }
-        Operation::Batch => batch::handle(icpt, &w, parts, body).await,
+        Operation::Batch => Box::pin(batch::handle(icpt, &w, parts, body)).await,
         Operation::Passthrough | Operation::OtherVersion { .. } => {
             Ok(Outcome::forward(parts, body))
         }
@@ -305,6 +311,22 @@ async fn read_body(
         Err(budget::ReadError::Broken(e)) => Err(ProxyError::BadRequest(format!(
             "reading the request body: {e}"
         ))),
+    }
+}
+
+/// Copies the request's target and header values out of hyper's read buffer, of which they
+/// are slices: a held write keeps them for seconds, and with them the whole 8 KiB buffer, which
+/// hyper, reading on, replaces with another (issue 16). A value that cannot be copied (it
+/// never fails for what hyper parsed) stays as it is.
+fn detach(parts: &mut http::request::Parts) {
+    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    for v in parts.headers.values_mut() {
+        if let Ok(mut own) = header::HeaderValue::from_bytes(v.as_bytes()) {
+            own.set_sensitive(v.is_sensitive());
+            *v = own;
+        }
     }
 }
 

@@ -70,16 +70,27 @@ impl Rewriter {
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(chunk);
-        self.scan(buf, false)
+        self.scan(&buf, false)
     }
 
     /// Ends the stream; returns what was held back.
     pub fn finish(&mut self) -> Bytes {
         let buf = std::mem::take(&mut self.carry);
-        self.scan(buf, true)
+        self.scan(&buf, true)
     }
 
-    fn scan(&mut self, buf: Vec<u8>, last: bool) -> Bytes {
+    /// Rewrites a body that is whole in memory, as `push` then `finish` would, without first
+    /// copying it (the sidecar's own answers to held writes, which can echo a 1 MiB result).
+    pub fn whole(mut self, body: &[u8]) -> Bytes {
+        if self.carry.is_empty() {
+            return self.scan(body, true);
+        }
+        let mut out = self.push(body).to_vec();
+        out.extend_from_slice(&self.finish());
+        Bytes::from(out)
+    }
+
+    fn scan(&mut self, buf: &[u8], last: bool) -> Bytes {
         let mut out = BytesMut::with_capacity(buf.len() + 64);
         let mut i = 0;
         let mut emitted = 0;
@@ -209,6 +220,9 @@ mod tests {
             );
             assert_eq!(rw.replaced, 2);
         }
+        let rw =
+            Rewriter::new("https://rally1.rallydev.com", "https://localhost:8443").expect("rw");
+        assert_eq!(&rw.whole(input)[..], &want[..], "a whole body, as a stream");
     }
 
     #[test]
@@ -218,6 +232,8 @@ mod tests {
         let input = b"https://rally1.rallydev.com.evil.example/ and http://rally1.rallydev.com/ and https://rally1.rallydev.co";
         assert_eq!(run(&mut rw, &[input]), input.to_vec());
         assert_eq!(rw.replaced, 0);
+        let rw = Rewriter::new("https://rally1.rallydev.com", "http://127.0.0.1:1").expect("rw");
+        assert_eq!(&rw.whole(input)[..], &input[..]);
     }
 
     #[test]

@@ -128,6 +128,12 @@ impl ServeOptions {
     }
 }
 
+/// The most hyper buffers per HTTP/1 connection, each way (its default is 400 KiB).
+const MAX_BUF: usize = 64 * 1024;
+
+/// What an HTTP/2 client sends first; anything else is HTTP/1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Serves `listener` until `shutdown` is cancelled, then drains. Returns the number of
 /// connections that were still open at the grace deadline and were cut.
 pub async fn serve(
@@ -142,12 +148,20 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        // hyper's read buffer grows to 400 KiB on a large body and is kept while the request
+        // is answered: a held 1 MiB write kept that much for seconds (issue 16).
+        .max_buf_size(MAX_BUF);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(opts.http2_keep_alive_interval)
         .keep_alive_timeout(opts.http2_keep_alive_timeout);
+    // For connections known to be HTTP/1 from their first bytes: hyper-util's version
+    // detection hands hyper the bytes it read (up to 24) as a first read of their own, which
+    // grows every connection's read buffer to 16 KiB instead of 8 (issue 16: a held write
+    // keeps its connection, and its buffers, for seconds).
+    let h1 = Arc::new(builder.clone().http1_only());
     let builder = if opts.http2 {
         builder
     } else {
@@ -195,6 +209,7 @@ pub async fn serve(
         let handler = handler.clone();
         let observer = observer.clone();
         let builder = builder.clone();
+        let h1 = h1.clone();
         let acceptor = acceptor.clone();
         let name = opts.name;
         let handshake_timeout = opts.header_read_timeout;
@@ -208,7 +223,10 @@ pub async fn serve(
             let svc = activity.clone().wrap(move |req| handler.call(req, info));
             match acceptor {
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    // Boxed: inline, the handshake's state (a TLS session) would enlarge
+                    // every connection's task, plain ones too, for as long as it lives.
+                    let accept = Box::pin(acceptor.accept(stream));
+                    match tokio::time::timeout(handshake_timeout, accept).await {
                         Ok(Ok(tls)) => {
                             let conn = builder
                                 .serve_connection(TokioIo::new(tls), svc)
@@ -229,9 +247,14 @@ pub async fn serve(
                     // A client that sends nothing at all would wait in hyper-util's
                     // HTTP/1-vs-2 detection, before any header timer runs: the header timeout
                     // applies to the first byte too.
-                    let mut first = [0u8; 1];
+                    let mut first = [0u8; H2_PREFACE.len()];
                     match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
                         Ok(Ok(n)) if n > 0 => {
+                            let builder = if H2_PREFACE.starts_with(&first[..n]) {
+                                &builder
+                            } else {
+                                &h1
+                            };
                             let conn = builder
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .into_owned();

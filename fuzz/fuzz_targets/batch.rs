@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
             e.get("Path").and_then(|p| p.as_str()).unwrap_or(""),
         );
         if let Some(body) = e.get("Body").and_then(|b| b.as_object()) {
-            let _ = (op, result_fields(body));
+            let _ = (op, result_fields(body.clone()));
         }
     }
 });

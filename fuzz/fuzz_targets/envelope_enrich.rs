@@ -7,7 +7,7 @@ use rally_sidecar::intercept::envelope::{parse, result_fields, test_case_id};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(map) = parse(data) else { return };
-    let Ok((_, fields)) = result_fields(&map) else { return };
+    let Ok((_, fields)) = result_fields(map) else { return };
     let _ = test_case_id(&fields);
     let sources = Sources {
         header_build: Some("h".into()),
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         owner: Some("/user/1".into()),
         ..Sources::default()
     };
-    if let Enriched::Ready(out, filled) = enrich(&fields, &sources) {
+    if let Enriched::Ready(out, filled) = enrich(fields.clone(), &sources) {
         for (k, v) in &fields {
             if !filled.iter().any(|f| f.field == k) {
                 assert_eq!(out.get(k), Some(v), "{k} was changed");

@@ -57,11 +57,10 @@ pub fn json_answer(
 ) -> Response<Body> {
     let mut bytes = bytes;
     if let Some(to) = client_origin.filter(|_| icpt.cfg.rewrite_refs)
-        && let Some(mut rw) = crate::refs::Rewriter::new(icpt.lookups.rally().origin(), to)
+        && let Some(rw) = crate::refs::Rewriter::new(icpt.lookups.rally().origin(), to)
     {
-        let mut v = rw.push(&bytes).to_vec();
-        v.extend_from_slice(&rw.finish());
-        bytes = Bytes::from(v);
+        // One copy, and Rally's answer dropped as soon as it is made.
+        bytes = rw.whole(&bytes);
     }
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = status;

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::classify::{self, Operation};
 use super::decide::{Decided, Decision};
 use super::envelope::{self, BodyError};
-use super::hold::{Grouped, Held, Record};
+use super::hold::{Grouped, Held, Payload, Record};
 use super::ledger::{self, Begun};
 use super::results_add::{self, Items};
 use super::{Interceptor, Outcome, WriteCtx, answer};
@@ -71,27 +71,34 @@ pub async fn handle(
     mut parts: http::request::Parts,
     body: Bytes,
 ) -> Result<Outcome, ProxyError> {
-    let map = w.parse(icpt, &body)?;
-    let entries = map
-        .get("Batch")
-        .and_then(Value::as_array)
-        .ok_or_else(|| w.bad(BodyError::Batch))?;
-    let plan = plan(icpt, w, entries).await;
-    let refused = plan.slots.iter().any(Result::is_err);
+    let mut map = w.parse(icpt, &body)?;
     let shadow = icpt.shadow();
+    // Shadow mode forwards the original as it came (unless an entry would be refused);
+    // otherwise the parsed map is all that is kept of it, until the batch to send is built.
+    let original = shadow.then_some(body);
+    let Some(Value::Array(entries)) = map.remove("Batch") else {
+        return Err(w.bad(BodyError::Batch));
+    };
+    let mut plan = plan(icpt, w, entries).await;
+    let refused = plan.slots.iter().any(Result::is_err);
     let journal = icpt.holding().filter(|_| !shadow && !plan.held.is_empty());
-    let mut out = map.clone();
-    out.insert("Batch".into(), Value::Array(plan.forwarded.clone()));
+    let forwarded_any = !plan.forwarded.is_empty();
+    map.insert(
+        "Batch".into(),
+        Value::Array(std::mem::take(&mut plan.forwarded)),
+    );
+    let out = answer::to_bytes(&Value::Object(map));
     if !refused && journal.is_none() {
-        if shadow {
+        if let Some(body) = original {
             return Ok(Outcome::forward(parts, body));
         }
         return Ok(Outcome::Forward {
             parts,
-            body: answer::to_bytes(&Value::Object(out)),
+            body: out,
             headers: answer::decoration(&plan.filled, "allowed"),
         });
     }
+    drop(original);
     // All of a batch's rows, or none: a batch answered "nothing was forwarded" leaves no row.
     let records: Vec<_> = plan
         .held
@@ -116,17 +123,12 @@ pub async fn handle(
     let template = parts.headers.clone();
     let query = parts.uri.query().map(str::to_string);
     let mut first = First::NotSent;
-    if !plan.forwarded.is_empty() {
+    if forwarded_any {
         parts.headers.remove(header::ACCEPT_ENCODING);
         let sent = icpt
             .lookups
             .rally()
-            .send_buffered(
-                parts,
-                answer::to_bytes(&Value::Object(out)),
-                Some(&w.req.conn),
-                Priority::Normal,
-            )
+            .send_buffered(parts, out, Some(&w.req.conn), Priority::Normal)
             .await;
         first = match sent {
             Ok(sent) => {
@@ -136,14 +138,10 @@ pub async fn handle(
                     .await
                 {
                     Ok(bytes) => {
-                        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                        match v
-                            .get("BatchResult")
-                            .and_then(|b| b.get("Results"))
-                            .and_then(Value::as_array)
-                        {
-                            Some(r) => First::Results(r.clone()),
-                            None if journal.is_none() || !status.is_server_error() => {
+                        let mut v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                        match v.pointer_mut("/BatchResult/Results").map(Value::take) {
+                            Some(Value::Array(r)) => First::Results(r),
+                            _ if journal.is_none() || !status.is_server_error() => {
                                 // Not a BatchResult and not an outage (a 401 page, a 404):
                                 // nothing was written; relay it as it is.
                                 for pending in rows {
@@ -165,7 +163,7 @@ pub async fn handle(
                                 );
                                 return Ok(Outcome::Answer(resp));
                             }
-                            None => First::Failed(format!("Rally answered HTTP {status}")),
+                            _ => First::Failed(format!("Rally answered HTTP {status}")),
                         }
                     }
                     Err(e) if journal.is_some() => {
@@ -245,37 +243,60 @@ pub async fn handle(
     Ok(Outcome::Answer(resp))
 }
 
-/// Decides every entry; builds what to forward and where each answer comes from.
-async fn plan(icpt: &Interceptor, w: &WriteCtx<'_>, entries: &[Value]) -> Plan {
+/// Decides every entry, taking the entries: builds what to forward and where each answer
+/// comes from. A result entry's body is taken out of it, decided, and put back enriched.
+async fn plan(icpt: &Interceptor, w: &WriteCtx<'_>, entries: Vec<Value>) -> Plan {
     let mut plan = Plan::default();
-    for entry in entries {
-        let e = entry.get("Entry").unwrap_or(entry);
-        let method = e.get("Method").and_then(Value::as_str).unwrap_or("");
+    for mut entry in entries {
+        // In shadow mode an allowed entry goes out as it came.
+        let original = icpt.shadow().then(|| entry.clone());
+        let e = if entry.get("Entry").is_some() {
+            &mut entry["Entry"]
+        } else {
+            &mut entry
+        };
+        let method = e
+            .get("Method")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let raw_path = e.get("Path").and_then(Value::as_str).unwrap_or("");
-        let op = classify::classify_entry(method, raw_path);
-        let body = e.get("Body").and_then(Value::as_object);
-        let decided = match (&op, body) {
-            (Operation::CreateResult | Operation::UpdateResult { .. }, Some(b)) => {
-                decide_entry(icpt, w, &op, method, raw_path, b).await
+        let op = classify::classify_entry(&method, raw_path);
+        let raw_path = raw_path.to_string();
+        let decided = match (&op, e.get("Body").is_some_and(Value::is_object)) {
+            (Operation::CreateResult | Operation::UpdateResult { .. }, true) => {
+                let body = match e.get_mut("Body").map(Value::take) {
+                    Some(Value::Object(b)) => b,
+                    // Not reached: the body is an object (above).
+                    _ => Map::new(),
+                };
+                decide_entry(icpt, w, &op, &method, &raw_path, body).await
             }
-            (Operation::AddResults { test_case }, Some(b)) => {
-                match b.get("CollectionItems").and_then(Value::as_array) {
-                    Some(items) => match results_add::decide_items(icpt, w, test_case, items).await
-                    {
-                        Ok(g) => match g.refused.clone() {
-                            Some((_, message)) => Err(message),
-                            None => Ok(Some((
-                                {
-                                    let mut b = b.clone();
-                                    b.insert("CollectionItems".into(), Value::Array(g.out.clone()));
-                                    Value::Object(b)
-                                },
-                                Hold::Items(g),
-                            ))),
-                        },
-                        Err(err) => Err(format!("rally-sidecar: {err}")),
-                    },
-                    None => Err(format!("rally-sidecar: {}", BodyError::Items)),
+            (Operation::AddResults { test_case }, true) => {
+                let items = e
+                    .get_mut("Body")
+                    .and_then(|b| b.get_mut("CollectionItems"))
+                    .map(Value::take);
+                match items {
+                    Some(Value::Array(items)) => {
+                        match results_add::decide_items(icpt, w, test_case, items).await {
+                            Ok(mut g) => match g.refused.clone() {
+                                Some((_, message)) => Err(message),
+                                None => {
+                                    let mut b = e.get_mut("Body").map(Value::take);
+                                    if let Some(Value::Object(m)) = &mut b {
+                                        m.insert(
+                                            "CollectionItems".into(),
+                                            Value::Array(std::mem::take(&mut g.out)),
+                                        );
+                                    }
+                                    Ok(Some((b.unwrap_or_default(), Hold::Items(g))))
+                                }
+                            },
+                            Err(err) => Err(format!("rally-sidecar: {err}")),
+                        }
+                    }
+                    _ => Err(format!("rally-sidecar: {}", BodyError::Items)),
                 }
             }
             _ => Ok(None),
@@ -283,19 +304,18 @@ async fn plan(icpt: &Interceptor, w: &WriteCtx<'_>, entries: &[Value]) -> Plan {
         match decided {
             Ok(None) => {
                 plan.slots.push(Ok(plan.forwarded.len()));
-                plan.forwarded.push(entry.clone());
+                plan.forwarded.push(entry);
             }
-            Ok(Some(_)) if icpt.shadow() => {
+            Ok(Some(_)) if original.is_some() => {
                 plan.slots.push(Ok(plan.forwarded.len()));
-                plan.forwarded.push(entry.clone());
+                plan.forwarded.extend(original);
             }
             Err(message) => plan.slots.push(Err(message)),
             Ok(Some((new_body, hold))) => {
-                let mut new_entry = entry.clone();
-                let target = if new_entry.get("Entry").is_some() {
-                    &mut new_entry["Entry"]
+                let target = if entry.get("Entry").is_some() {
+                    &mut entry["Entry"]
                 } else {
-                    &mut new_entry
+                    &mut entry
                 };
                 target["Body"] = new_body;
                 match &hold {
@@ -304,7 +324,7 @@ async fn plan(icpt: &Interceptor, w: &WriteCtx<'_>, entries: &[Value]) -> Plan {
                 }
                 plan.held.push((plan.forwarded.len(), hold));
                 plan.slots.push(Ok(plan.forwarded.len()));
-                plan.forwarded.push(new_entry);
+                plan.forwarded.push(entry);
             }
         }
     }
@@ -319,7 +339,7 @@ async fn decide_entry(
     op: &Operation,
     method: &str,
     raw_path: &str,
-    body: &Map<String, Value>,
+    body: Map<String, Value>,
 ) -> Result<Option<(Value, Hold)>, String> {
     let (root, fields) =
         envelope::result_fields(body).map_err(|err| format!("rally-sidecar: {err}"))?;
@@ -336,15 +356,20 @@ async fn decide_entry(
         decision,
         formatted_id,
         workspace,
-    } = icpt.decide(w, op.label(), &fields, tc, enrich_it).await;
+    } = icpt.decide(w, op.label(), fields, tc, enrich_it).await;
     let path = format!("{SERVICE_ROOT}{}", classify::entry_relative(raw_path));
     match decision {
-        Decision::Refuse { code, message } => {
+        Decision::Refuse {
+            code,
+            message,
+            fields,
+        } => {
             if !icpt.shadow() {
+                let payload = Payload::new("TestCaseResult", &fields, 0);
                 let refused = Record {
                     operation: op.label(),
                     result_id,
-                    fields: &fields,
+                    payload: &payload,
                     filled: &[],
                     decision: code,
                     path,
@@ -359,15 +384,16 @@ async fn decide_entry(
             filled,
             decision,
         } => {
-            let new_body = json!({ root.clone(): Value::Object(fields.clone()) });
+            let payload = Payload::new(&root, &fields, 0);
+            let mut new_body = Map::new();
+            new_body.insert(root, Value::Object(fields));
             Ok(Some((
-                new_body,
+                Value::Object(new_body),
                 Hold::One(Held {
                     kind,
                     operation: op.label(),
                     result_id,
-                    root,
-                    fields,
+                    payload,
                     filled,
                     decision,
                     method: http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
@@ -397,7 +423,7 @@ async fn confirm_entry(
     match hold {
         Hold::Items(group) => {
             let firsts =
-                results_add::item_answers(element.as_ref(), group.out.len(), &group.held, &cause);
+                results_add::item_answers(element.as_ref(), group.sent, &group.held, &cause);
             let fates = results_add::confirm_items(
                 icpt,
                 w,
@@ -465,7 +491,7 @@ async fn confirm_entry(
                 },
             );
             let fate = icpt.confirm(&up, held, pending, started).await;
-            answer::element(icpt, fate, &held.expected())
+            answer::element(icpt, fate, held.expected())
         }
     }
 }

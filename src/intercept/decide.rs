@@ -13,7 +13,8 @@ use super::{Interceptor, WriteCtx, envelope};
 use crate::config::Mode;
 use crate::telemetry::metrics::{FillLabels, OpLabels, ReasonLabels, ShadowLabels};
 
-/// What happens to one result.
+/// What happens to one result. Either way the result's attributes come back in it: deciding
+/// takes them and hands them on rather than copying them.
 #[derive(Debug, Clone)]
 pub enum Decision {
     Forward {
@@ -24,6 +25,8 @@ pub enum Decision {
     Refuse {
         code: &'static str,
         message: String,
+        /// The attributes as they came, for the refusal's journal row.
+        fields: Map<String, Value>,
     },
 }
 
@@ -77,7 +80,8 @@ impl Interceptor {
     ) -> Option<String> {
         match envelope::test_case_id(fields) {
             Some(tc) => Some(tc),
-            None => self.lookups.result_test_case(w.cred, result_id).await,
+            // Boxed, as the guard's lookup: see `decide_uncounted`.
+            None => Box::pin(self.lookups.result_test_case(w.cred, result_id)).await,
         }
     }
 
@@ -86,7 +90,7 @@ impl Interceptor {
         &self,
         w: &WriteCtx<'_>,
         operation: &'static str,
-        fields: &Map<String, Value>,
+        fields: Map<String, Value>,
         test_case: Option<String>,
         enrich_it: bool,
     ) -> Decided {
@@ -105,7 +109,7 @@ impl Interceptor {
     async fn decide_uncounted(
         &self,
         w: &WriteCtx<'_>,
-        fields: &Map<String, Value>,
+        fields: Map<String, Value>,
         test_case: Option<String>,
         enrich_it: bool,
         found: &mut Found,
@@ -113,7 +117,10 @@ impl Interceptor {
         let mut scope = w.scope.clone();
         let mut decision = "allowed";
         if let (true, Some(id)) = (self.cfg.guard.enabled, test_case.as_deref()) {
-            let lookup = self.lookups.test_case(w.cred, id).await;
+            // Boxed: the cached lookup's state is several KiB and over once it answers;
+            // inline it would stay allocated in every caller's future for as long as the
+            // write it decided is held.
+            let lookup = Box::pin(self.lookups.test_case(w.cred, id)).await;
             if let guard::Lookup::Found(tc) = &lookup {
                 scope.project = ref_id(tc.get("Project")).or(scope.project);
                 scope.workspace = scope.workspace.or_else(|| ref_id(tc.get("Workspace")));
@@ -133,13 +140,14 @@ impl Interceptor {
                     return Decision::Refuse {
                         code: b.code(),
                         message: b.message(),
+                        fields,
                     };
                 }
             }
         }
         if !enrich_it {
             return Decision::Forward {
-                fields: fields.clone(),
+                fields,
                 filled: vec![],
                 decision,
             };
@@ -172,9 +180,10 @@ impl Interceptor {
                     decision,
                 }
             }
-            Enriched::NoBuild => Decision::Refuse {
+            Enriched::NoBuild(fields) => Decision::Refuse {
                 code: "refused-no-build",
                 message: enrich::no_build_message(&self.cfg.context.build_env),
+                fields,
             },
         }
     }
@@ -206,7 +215,7 @@ impl Interceptor {
                     }
                 }
             }
-            Decision::Refuse { code, message } => {
+            Decision::Refuse { code, message, .. } => {
                 if shadow {
                     tracing::info!(decision = code, reason = %message, "shadow mode: would refuse this write");
                     m.shadow

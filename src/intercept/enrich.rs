@@ -92,29 +92,30 @@ pub struct Filled {
 pub enum Enriched {
     /// The attributes to send, and what was filled.
     Ready(Map<String, Value>, Vec<Filled>),
-    /// No Build was sent and none could be found.
-    NoBuild,
+    /// No Build was sent and none could be found: the attributes as they came, for the
+    /// refusal's record.
+    NoBuild(Map<String, Value>),
 }
 
-/// Decides the enriched attributes. Pure: all inputs are in `fields` and `sources`.
-pub fn enrich(fields: &Map<String, Value>, sources: &Sources) -> Enriched {
-    let mut out = fields.clone();
+/// Decides the enriched attributes. Pure: all inputs are in `fields` and `sources`. Fills
+/// `fields` in place: the only copy of a result's attributes is the one being held.
+pub fn enrich(mut fields: Map<String, Value>, sources: &Sources) -> Enriched {
     let mut filled = Vec::new();
     if missing(fields.get("Build")) {
         match sources.build() {
             Some((b, source)) => {
-                out.insert("Build".into(), Value::String(b.clone()));
+                fields.insert("Build".into(), Value::String(b.clone()));
                 filled.push(Filled {
                     field: "Build",
                     source,
                     value: b,
                 });
             }
-            None => return Enriched::NoBuild,
+            None => return Enriched::NoBuild(fields),
         }
     }
     if missing(fields.get("Date")) {
-        out.insert("Date".into(), Value::String(sources.received_at.clone()));
+        fields.insert("Date".into(), Value::String(sources.received_at.clone()));
         filled.push(Filled {
             field: "Date",
             source: Source::ReceivedAt,
@@ -124,14 +125,14 @@ pub fn enrich(fields: &Map<String, Value>, sources: &Sources) -> Enriched {
     if missing(fields.get("Tester"))
         && let Some((t, source)) = sources.tester()
     {
-        out.insert("Tester".into(), Value::String(t.clone()));
+        fields.insert("Tester".into(), Value::String(t.clone()));
         filled.push(Filled {
             field: "Tester",
             source,
             value: t,
         });
     }
-    Enriched::Ready(out, filled)
+    Enriched::Ready(fields, filled)
 }
 
 /// `Build,Date,Tester` for the response header.
@@ -197,7 +198,7 @@ mod tests {
     fn fills_only_what_is_missing() {
         let s = all_sources();
         let Enriched::Ready(out, filled) = enrich(
-            &fields(
+            fields(
                 json!({"TestCase": "/testcase/1", "Verdict": "Pass", "Build": "", "Tester": null}),
             ),
             &s,
@@ -211,7 +212,7 @@ mod tests {
 
         let sent =
             fields(json!({"Build": "mine", "Date": "2020-01-01T00:00:00Z", "Tester": "/user/9"}));
-        let Enriched::Ready(out, filled) = enrich(&sent, &s) else {
+        let Enriched::Ready(out, filled) = enrich(sent.clone(), &s) else {
             panic!("ready")
         };
         assert_eq!(out, sent, "never overwrite what the client sent");
@@ -222,7 +223,7 @@ mod tests {
     fn configured_tester_wins_and_no_build_is_refused() {
         let mut s = all_sources();
         s.configured_tester = Some("/user/1".into());
-        let Enriched::Ready(out, _) = enrich(&fields(json!({"Build": "b"})), &s) else {
+        let Enriched::Ready(out, _) = enrich(fields(json!({"Build": "b"})), &s) else {
             panic!("ready")
         };
         assert_eq!(out["Tester"], "/user/1");
@@ -230,7 +231,11 @@ mod tests {
             received_at: "t".into(),
             ..Sources::default()
         };
-        assert_eq!(enrich(&fields(json!({})), &none), Enriched::NoBuild);
+        assert_eq!(
+            enrich(fields(json!({"Verdict": "Pass"})), &none),
+            Enriched::NoBuild(fields(json!({"Verdict": "Pass"}))),
+            "refused, the attributes handed back as they came"
+        );
         assert!(no_build_message(&["BUILD_TAG".into()]).contains("BUILD_TAG"));
     }
 }

@@ -48,17 +48,23 @@ pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, BodyError> {
     }
 }
 
-/// The root key (as sent) and the attribute map of a TestCaseResult body.
-pub fn result_fields(body: &Map<String, Value>) -> Result<(String, Map<String, Value>), BodyError> {
-    let keys: Vec<&String> = body.keys().collect();
-    match (keys.as_slice(), body.values().next()) {
-        ([k], Some(Value::Object(m))) if k.eq_ignore_ascii_case("testcaseresult") => {
-            Ok(((*k).clone(), m.clone()))
+/// The root key (as sent) and the attribute map of a TestCaseResult body, taken out of the
+/// parsed body rather than copied: an intercepted body is held once (issue 16).
+pub fn result_fields(body: Map<String, Value>) -> Result<(String, Map<String, Value>), BodyError> {
+    let mut entries = body.into_iter();
+    match (entries.next(), entries.next()) {
+        (Some((k, Value::Object(m))), None) if k.eq_ignore_ascii_case("testcaseresult") => {
+            Ok((k, m))
         }
-        _ => Err(BodyError::RootKey(format!(
-            "{:?}",
-            keys.iter().map(|k| k.as_str()).collect::<Vec<_>>()
-        ))),
+        (first, second) => {
+            let keys: Vec<String> = first
+                .into_iter()
+                .chain(second)
+                .chain(entries)
+                .map(|(k, _)| k)
+                .collect();
+            Err(BodyError::RootKey(format!("{keys:?}")))
+        }
     }
 }
 
@@ -108,19 +114,19 @@ mod tests {
     #[test]
     fn root_key_in_any_case() {
         let b = parse(br#"{"testcaseresult": {"Build": "b"}}"#).expect("json");
-        assert_eq!(result_fields(&b).expect("fields").0, "testcaseresult");
+        assert_eq!(result_fields(b).expect("fields").0, "testcaseresult");
+        assert_eq!(
+            result_fields(parse(br#"{"Defect": {}}"#).expect("json")),
+            Err(BodyError::RootKey(r#"["Defect"]"#.into()))
+        );
         assert!(matches!(
-            result_fields(&parse(br#"{"Defect": {}}"#).expect("json")),
+            result_fields(parse(br#"{"TestCaseResult": 1}"#).expect("json")),
             Err(BodyError::RootKey(_))
         ));
-        assert!(matches!(
-            result_fields(&parse(br#"{"TestCaseResult": 1}"#).expect("json")),
-            Err(BodyError::RootKey(_))
-        ));
-        assert!(matches!(
-            result_fields(&parse(br#"{"TestCaseResult": {}, "x": {}}"#).expect("json")),
-            Err(BodyError::RootKey(_))
-        ));
+        assert_eq!(
+            result_fields(parse(br#"{"TestCaseResult": {}, "x": {}}"#).expect("json")),
+            Err(BodyError::RootKey(r#"["TestCaseResult", "x"]"#.into()))
+        );
         assert_eq!(parse(b"[1]"), Err(BodyError::NotObject));
         assert!(matches!(parse(b"{nope"), Err(BodyError::Json(_))));
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));

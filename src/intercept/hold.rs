@@ -8,13 +8,57 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::enrich::Filled;
 use super::{Interceptor, WriteCtx, answer};
 use crate::confirm::{self, Answer, Expected, Fate, Kind, RawAnswer, ReadBack, Upstream};
 use crate::journal::{NewWrite, Pending, Settled, State};
 use crate::telemetry::metrics::OutcomeLabels;
+
+/// A result's attributes as they are held: serialized once into the body that is sent, and
+/// beside it only what confirmation compares. The parsed map is dropped once this is built:
+/// the journal row and every attempt share the one body (clones of `Bytes` count references).
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// `{"<root>": {attributes}}`, UTF-8 JSON.
+    pub body: Bytes,
+    /// What Rally must have stored for the write to be confirmed.
+    pub expected: Expected,
+}
+
+impl Payload {
+    /// Serializes `{"<root>": fields}`; `size_hint` (the client's body length) sizes the
+    /// buffer so that a large body is not copied as it grows (enrichment adds a few fields).
+    pub fn new(root: &str, fields: &Map<String, Value>, size_hint: usize) -> Payload {
+        let mut out = Vec::with_capacity(size_hint.saturating_add(1024));
+        // Serialized as a one-entry map around the borrowed fields: no copy of them is made.
+        let body = match serde_json::to_writer(&mut out, &Enveloped(root, fields)) {
+            Ok(()) => {
+                // Held for seconds, so no spare capacity is kept (shrinking is in place).
+                out.shrink_to_fit();
+                Bytes::from(out)
+            }
+            Err(_) => Bytes::from_static(b"{}"),
+        };
+        Payload {
+            body,
+            expected: Expected::from_fields(fields),
+        }
+    }
+}
+
+/// `{"<root>": fields}` without building it.
+struct Enveloped<'a>(&'a str, &'a Map<String, Value>);
+
+impl serde::Serialize for Enveloped<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(self.0, self.1)?;
+        m.end()
+    }
+}
 
 /// A result the guard allowed and enrichment completed, ready to be sent.
 pub struct Held {
@@ -23,9 +67,7 @@ pub struct Held {
     pub operation: &'static str,
     /// The result's ObjectID for an update.
     pub result_id: Option<String>,
-    /// The body's root key as the client wrote it.
-    pub root: String,
-    pub fields: Map<String, Value>,
+    pub payload: Payload,
     pub filled: Vec<Filled>,
     pub decision: &'static str,
     /// The method and path (query redacted) the result is sent with.
@@ -38,14 +80,14 @@ pub struct Held {
 }
 
 impl Held {
-    /// `{"<root>": {fields}}`, as sent to Rally.
+    /// The body sent to Rally: the held one, shared.
     pub fn body(&self) -> Bytes {
-        answer::to_bytes(&json!({ self.root.clone(): Value::Object(self.fields.clone()) }))
+        self.payload.body.clone()
     }
 
     /// What Rally must have stored for the write to be confirmed.
-    pub fn expected(&self) -> Expected {
-        Expected::from_fields(&self.fields)
+    pub fn expected(&self) -> &Expected {
+        &self.payload.expected
     }
 
     /// The journal row recorded before the write is sent.
@@ -55,7 +97,7 @@ impl Held {
             Record {
                 operation: self.operation,
                 result_id: self.result_id.clone(),
-                fields: &self.fields,
+                payload: &self.payload,
                 filled: &self.filled,
                 decision: self.decision,
                 path: self.path.clone(),
@@ -69,17 +111,17 @@ impl Held {
 pub struct Record<'a> {
     pub operation: &'static str,
     pub result_id: Option<String>,
-    pub fields: &'a Map<String, Value>,
+    pub payload: &'a Payload,
     pub filled: &'a [Filled],
     pub decision: &'a str,
     pub path: String,
     pub formatted_id: Option<String>,
 }
 
-/// The journal row of a result — held or refused — built in this one place.
+/// The journal row of a result — held or refused — built in this one place. Its body is the
+/// payload's, shared.
 pub fn record(w: &WriteCtx<'_>, r: Record<'_>) -> NewWrite {
-    let expected = Expected::from_fields(r.fields);
-    let root = json!({ "TestCaseResult": Value::Object(r.fields.clone()) });
+    let expected = r.payload.expected.clone();
     NewWrite {
         request_id: w.req.id.clone(),
         received_at: w.req.received_at.clone(),
@@ -90,7 +132,7 @@ pub fn record(w: &WriteCtx<'_>, r: Record<'_>) -> NewWrite {
         operation: r.operation.to_string(),
         target: r.result_id.or_else(|| expected.test_case.clone()),
         path: r.path,
-        body: String::from_utf8_lossy(&answer::to_bytes(&root)).into_owned(),
+        body: r.payload.body.clone(),
         test_case: expected.test_case,
         build: expected.build,
         verdict: expected.verdict,
@@ -170,15 +212,16 @@ impl Interceptor {
     }
 
     /// Drives a journaled write to its fate, counts it, settles its row and logs it. Answers
-    /// at once (unconfirmed) when the shutdown deadline nears.
-    pub(super) async fn confirm<U: Upstream>(
-        &self,
-        up: &U,
-        held: &Held,
+    /// at once (unconfirmed) when the shutdown deadline nears. Not an `async fn` of its own:
+    /// a layer of state machine would be held with every write, its arguments stored twice.
+    pub(super) fn confirm<'a, U: Upstream>(
+        &'a self,
+        up: &'a U,
+        held: &'a Held,
         pending: Pending,
         started: Instant,
-    ) -> Fate {
-        self.confirm_telling(up, held, pending, started, None).await
+    ) -> impl std::future::Future<Output = Fate> + Send + 'a {
+        self.confirm_telling(up, held, pending, started, None)
     }
 
     /// [`Interceptor::confirm`], telling `acknowledged` of a clean acknowledgement as soon as
@@ -196,7 +239,7 @@ impl Interceptor {
             up,
             held.kind,
             None,
-            &held.expected(),
+            held.expected(),
             &self.cfg.confirm.policy,
             rand::random::<f64>,
             async move { give_up.cancelled().await },
@@ -272,5 +315,80 @@ impl Interceptor {
             cause = cause.as_deref().unwrap_or(""),
             "write settled"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intercept::{Scope, Writer, envelope};
+    use crate::rally::credential::Fingerprinter;
+    use crate::request::RequestCtx;
+    use crate::server::ConnInfo;
+    use crate::wsapi::Envelope;
+
+    #[test]
+    fn a_held_write_is_one_body_shared_by_its_row_and_every_attempt() {
+        let notes = "n".repeat(64 * 1024);
+        let client = format!(
+            r#"{{"testcaseresult": {{"TestCase": "/testcase/1001", "Verdict": "Pass", "Build": "b1", "Notes": "{notes}"}}}}"#
+        );
+        let map = envelope::parse(client.as_bytes()).expect("json");
+        let (root, fields) = envelope::result_fields(map).expect("a result");
+        let held = Held {
+            kind: Kind::Create,
+            operation: "create",
+            result_id: None,
+            payload: Payload::new(&root, &fields, client.len()),
+            filled: vec![],
+            decision: "allowed",
+            method: http::Method::POST,
+            path: "/slm/webservice/v2.0/testcaseresult/create".into(),
+            formatted_id: None,
+            workspace: None,
+        };
+        drop(fields);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "zsessionid",
+            http::HeaderValue::from_static("_sim_alice_key"),
+        );
+        let cred = Fingerprinter::new().of(&headers).expect("a credential");
+        let addr = "127.0.0.1:1".parse().expect("an address");
+        let conn = ConnInfo {
+            peer: addr,
+            local: addr,
+            tls: false,
+        };
+        let req = RequestCtx::new("r1".into(), conn, None, Some(cred.clone()));
+        let w = WriteCtx {
+            req: &req,
+            cred: &cred,
+            writer: Writer {
+                digest: "d".into(),
+                user: None,
+            },
+            scope: Scope::default(),
+            header_build: None,
+            kind: Envelope::Create,
+            raw: None,
+        };
+        let row = held.record(&w);
+        let attempts = [held.body(), held.body()];
+        // One allocation: the journal row and every attempt point at the held bytes.
+        let held_at = held.payload.body.as_ptr();
+        assert_eq!(row.body.as_ptr(), held_at);
+        assert!(attempts.iter().all(|a| a.as_ptr() == held_at));
+        // What is sent (and journaled): the client's root key and its attributes.
+        let sent: Value = serde_json::from_slice(&row.body).expect("json");
+        assert_eq!(
+            sent["testcaseresult"]["Notes"].as_str(),
+            Some(notes.as_str())
+        );
+        assert_eq!(
+            (row.test_case.as_deref(), row.build.as_deref()),
+            (Some("1001"), Some("b1"))
+        );
+        assert_eq!(held.expected().verdict.as_deref(), Some("Pass"));
     }
 }

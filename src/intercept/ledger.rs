@@ -55,7 +55,12 @@ impl Interceptor {
             .enumerate()
             .map(|(i, r)| {
                 let op = format!("{}#{i}", r.operation);
-                let key = WriteKey::of_request(&w.writer.digest, &op, &r.path, &w.raw);
+                let key = WriteKey::of_request(
+                    &w.writer.digest,
+                    &op,
+                    &r.path,
+                    w.raw.as_deref().unwrap_or_default(),
+                );
                 (r, key.as_str().to_string())
             })
             .collect();
@@ -110,7 +115,7 @@ impl Interceptor {
             self,
             w.kind,
             fate,
-            &held.expected(),
+            held.expected(),
             w.req.client_origin.as_deref(),
         );
         answer::set(
@@ -217,7 +222,7 @@ fn entry(r: &NewWrite, key: &str) -> NewEntry {
         operation: r.operation.clone(),
         target: r.target.clone(),
         path: r.path.clone(),
-        body: r.body.clone(),
+        body: String::from_utf8_lossy(&r.body).into_owned(),
         test_case: r.test_case.clone(),
         build: r.build.clone(),
         verdict: r.verdict.clone(),

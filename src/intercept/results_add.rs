@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use super::decide::{Decided, Decision};
 use super::enrich::Filled;
 use super::envelope::BodyError;
-use super::hold::{Grouped, Held, Record};
+use super::hold::{Grouped, Held, Payload, Record};
 use super::ledger::{self, Begun};
 use super::{Interceptor, Outcome, WriteCtx, answer};
 use crate::confirm::rally::RallyWrite;
@@ -26,8 +26,11 @@ use crate::wsapi::{API_MAJOR, API_MINOR, SERVICE_ROOT, headers};
 
 /// The new results of one `Results/add`, decided.
 pub struct Items {
-    /// The `CollectionItems` to forward: enriched new results, refs as they came.
+    /// The `CollectionItems` to forward: enriched new results, refs as they came. Taken out
+    /// when the request to forward is built; `sent` stays.
     pub out: Vec<Value>,
+    /// How many items are forwarded: Rally answers with one result per item, in order.
+    pub sent: usize,
     /// The new results allowed: (position in `out`, the write).
     pub held: Vec<(usize, Held)>,
     /// The first refusal, when a result was refused (then nothing is forwarded).
@@ -36,15 +39,16 @@ pub struct Items {
     pub label: &'static str,
 }
 
-/// Decides every new result of a `Results/add` for `test_case`.
+/// Decides every new result of a `Results/add` for `test_case`, taking the items.
 pub async fn decide_items(
     icpt: &Interceptor,
     w: &WriteCtx<'_>,
     test_case: &str,
-    items: &[Value],
+    items: Vec<Value>,
 ) -> Result<Items, BodyError> {
     let mut group = Items {
         out: Vec::with_capacity(items.len()),
+        sent: items.len(),
         held: Vec::new(),
         refused: None,
         filled: Vec::new(),
@@ -52,13 +56,27 @@ pub async fn decide_items(
     };
     let tc_ref = json!(format!("/testcase/{test_case}"));
     let create_path = format!("{SERVICE_ROOT}/testcaseresult/create");
+    // The result as a create of its own carries its test case: that is what the journal
+    // records and what a later attempt sends. Added for serializing only, so that what is
+    // forwarded in the `Results/add` stays as it was.
+    let payload = |fields: &mut Map<String, Value>| {
+        let added = !fields.contains_key("TestCase");
+        if added {
+            fields.insert("TestCase".into(), tc_ref.clone());
+        }
+        let p = Payload::new("TestCaseResult", fields, 0);
+        if added {
+            fields.remove("TestCase");
+        }
+        p
+    };
     for item in items {
-        let Some(fields) = item.as_object() else {
+        let Value::Object(fields) = item else {
             return Err(BodyError::Items);
         };
         // An existing result's ref is not a new result: pass it as it is.
         if fields.len() == 1 && fields.contains_key("_ref") {
-            group.out.push(item.clone());
+            group.out.push(Value::Object(fields));
             continue;
         }
         let Decided {
@@ -68,23 +86,21 @@ pub async fn decide_items(
         } = icpt
             .decide(w, "results_add", fields, Some(test_case.to_string()), true)
             .await;
-        if icpt.shadow() {
-            group.out.push(item.clone());
-            continue;
-        }
-        // The result as a create of its own would carry its test case: that is what the
-        // journal records and what a later attempt sends.
-        let with_tc = |mut f: Map<String, Value>| {
-            f.entry("TestCase").or_insert_with(|| tc_ref.clone());
-            f
-        };
         match decision {
-            Decision::Refuse { code, message } => {
-                let fields = with_tc(fields.clone());
+            // In shadow mode the original request goes out: what is kept here is not used.
+            Decision::Refuse { fields, .. } | Decision::Forward { fields, .. } if icpt.shadow() => {
+                group.out.push(Value::Object(fields));
+            }
+            Decision::Refuse {
+                code,
+                message,
+                mut fields,
+            } => {
+                let payload = payload(&mut fields);
                 let refused = Record {
                     operation: "results_add",
                     result_id: None,
-                    fields: &fields,
+                    payload: &payload,
                     filled: &[],
                     decision: code,
                     path: create_path.clone(),
@@ -92,10 +108,10 @@ pub async fn decide_items(
                 };
                 icpt.record_refusal(w, refused, &message).await;
                 group.refused.get_or_insert((code, message));
-                group.out.push(item.clone());
+                group.out.push(Value::Object(fields));
             }
             Decision::Forward {
-                fields,
+                mut fields,
                 filled,
                 decision,
             } => {
@@ -109,8 +125,7 @@ pub async fn decide_items(
                         kind: Kind::Create,
                         operation: "results_add",
                         result_id: None,
-                        root: "TestCaseResult".into(),
-                        fields: with_tc(fields.clone()),
+                        payload: payload(&mut fields),
                         filled,
                         decision,
                         method: http::Method::PUT,
@@ -135,14 +150,16 @@ pub async fn handle(
     body: Bytes,
 ) -> Result<Outcome, ProxyError> {
     let mut map = w.parse(icpt, &body)?;
-    let items = map
-        .get("CollectionItems")
-        .and_then(Value::as_array)
-        .ok_or_else(|| w.bad(BodyError::Items))?;
-    let group = decide_items(icpt, w, test_case, items)
+    // Shadow mode forwards the original as it came; otherwise the parsed map is all that is
+    // kept of it, and then only until the request to forward is serialized.
+    let original = icpt.shadow().then_some(body);
+    let Some(Value::Array(items)) = map.remove("CollectionItems") else {
+        return Err(w.bad(BodyError::Items));
+    };
+    let mut group = decide_items(icpt, w, test_case, items)
         .await
         .map_err(|e| w.bad(e))?;
-    if icpt.shadow() {
+    if let Some(body) = original {
         return Ok(Outcome::forward(parts, body));
     }
     if let Some((code, message)) = group.refused {
@@ -153,7 +170,10 @@ pub async fn handle(
             message,
         });
     }
-    map.insert("CollectionItems".into(), Value::Array(group.out.clone()));
+    map.insert(
+        "CollectionItems".into(),
+        Value::Array(std::mem::take(&mut group.out)),
+    );
     let forward = answer::to_bytes(&Value::Object(map));
     let Some(journal) = icpt.holding().filter(|_| !group.held.is_empty()) else {
         return Ok(Outcome::Forward {
@@ -205,7 +225,7 @@ pub async fn handle(
         Err(e) => e.clone(),
         Ok(_) => format!("Rally answered HTTP {status} to Results/add"),
     };
-    let firsts = item_answers(inner, group.out.len(), &group.held, &cause);
+    let firsts = item_answers(inner, group.sent, &group.held, &cause);
     let fates = confirm_items(
         icpt,
         w,
@@ -353,7 +373,7 @@ pub fn compose(
     let rally_results = rally
         .and_then(|i| i.get("Results"))
         .and_then(Value::as_array)
-        .filter(|r| r.len() == group.out.len());
+        .filter(|r| r.len() == group.sent);
     let mut warnings: Vec<Value> = rally
         .and_then(|i| i.get("Warnings"))
         .and_then(Value::as_array)
@@ -367,10 +387,10 @@ pub fn compose(
         .collect();
     let mut results = Vec::new();
     let mut errors = Vec::new();
-    for pos in 0..group.out.len() {
+    for pos in 0..group.sent {
         match by_pos.remove(&pos) {
             Some((fate, held)) => {
-                let e = answer::element(icpt, fate, &held.expected());
+                let e = answer::element(icpt, fate, held.expected());
                 match e.get("Object") {
                     Some(o) if e["Errors"].as_array().is_some_and(|a| a.is_empty()) => {
                         results.push(o.clone())

@@ -10,7 +10,7 @@ use http::Response;
 
 use super::classify::Operation;
 use super::decide::{Decided, Decision};
-use super::hold::{Held, Record};
+use super::hold::{Held, Payload, Record};
 use super::ledger::Begun;
 use super::{Interceptor, Outcome, WriteCtx, answer, envelope};
 use crate::config::Hold;
@@ -28,8 +28,12 @@ pub async fn handle(
     parts: http::request::Parts,
     body: Bytes,
 ) -> Result<Outcome, ProxyError> {
+    let size = body.len();
     let map = w.parse(icpt, &body)?;
-    let (root, fields) = envelope::result_fields(&map).map_err(|e| w.bad(e))?;
+    // Shadow mode forwards the original as it came; otherwise the parsed map is all that is
+    // kept of it, and then only until it is serialized.
+    let original = icpt.shadow().then_some(body);
+    let (root, fields) = envelope::result_fields(map).map_err(|e| w.bad(e))?;
     let (kind, result_id, test_case, enrich_it) = match op {
         Operation::UpdateResult { id } => (
             Kind::Update,
@@ -44,7 +48,7 @@ pub async fn handle(
         formatted_id,
         workspace,
     } = icpt
-        .decide(w, op.label(), &fields, test_case, enrich_it)
+        .decide(w, op.label(), fields, test_case, enrich_it)
         .await;
     let path = crate::telemetry::redact::path_and_query(
         parts
@@ -54,19 +58,25 @@ pub async fn handle(
             .unwrap_or("/"),
     )
     .into_owned();
-    if icpt.shadow() {
+    if let Some(body) = original {
         return Ok(Outcome::Forward {
             parts,
             body,
             headers: vec![(headers::DECISION, decision.shadow_label())],
         });
     }
-    let (fields, filled, decision) = match decision {
-        Decision::Refuse { code, message } => {
+    let (payload, filled, decision) = match decision {
+        Decision::Refuse {
+            code,
+            message,
+            fields,
+        } => {
+            let payload = Payload::new("TestCaseResult", &fields, size);
+            drop(fields);
             let refused = Record {
                 operation: op.label(),
                 result_id: result_id.clone(),
-                fields: &fields,
+                payload: &payload,
                 filled: &[],
                 decision: code,
                 path,
@@ -84,14 +94,13 @@ pub async fn handle(
             fields,
             filled,
             decision,
-        } => (fields, filled, decision),
+        } => (Payload::new(&root, &fields, size), filled, decision),
     };
     let held = Held {
         kind,
         operation: op.label(),
         result_id,
-        root,
-        fields,
+        payload,
         filled,
         decision,
         method: parts.method.clone(),
@@ -114,19 +123,21 @@ pub async fn handle(
 async fn hold(
     icpt: &Arc<Interceptor>,
     w: &WriteCtx<'_>,
-    held: Held,
+    mut held: Held,
     parts: http::request::Parts,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
     let Some(journal) = icpt.holding() else {
         return Err(ProxyError::Overloaded("the journal is not open".into()));
     };
-    let begun = icpt.begin(journal, w, vec![held.record(w)]).await;
+    // Boxed: in fleet mode recording talks to PostgreSQL, and that state is over before the
+    // write is sent; inline it would be held with every write.
+    let begun = Box::pin(icpt.begin(journal, w, vec![held.record(w)])).await;
     let pending = match begun {
         Ok(Begun::Held(mut p)) if p.len() == 1 => p.remove(0),
         // Fleet mode: a client's retry of a write already recorded is answered from it.
         Ok(Begun::Existing(mut rows)) if !rows.is_empty() => {
-            return Ok(icpt.answer_existing(w, &held, rows.remove(0)).await);
+            return Ok(Box::pin(icpt.answer_existing(w, &held, rows.remove(0))).await);
         }
         Ok(_) => {
             return Err(ProxyError::Overloaded(
@@ -141,20 +152,23 @@ async fn hold(
     };
     let id = pending.id();
     if icpt.cfg.confirm.hold == Hold::Ambiguous && held.kind == Kind::Create {
-        return hold_ambiguous(icpt, w, held, parts, pending, started).await;
+        return Box::pin(hold_ambiguous(icpt, w, held, parts, pending, started)).await;
     }
     let up = RallyWrite {
         lookups: icpt.lookups.clone(),
         cred: w.cred.clone(),
         conn: Some(w.req.conn),
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
         body: held.body(),
         workspace: held.workspace.clone(),
         ctx: Some(w.req),
     };
     let fate = icpt.confirm(&up, &held, pending, started).await;
+    // Nothing is sent again: the body goes before the answer is shaped.
+    drop(up);
+    held.payload.body = Bytes::new();
     let expected = held.expected();
     let confirmed = matches!(fate, Fate::Confirmed { .. });
     let attempts = fate.attempts();
@@ -165,7 +179,7 @@ async fn hold(
             adopted,
             answer: Some(mut a),
         } if held.kind == Kind::Create && icpt.cfg.confirm.check_rollup => {
-            if let Some(warning) = icpt.rollup_warning(w, &expected, object_id).await {
+            if let Some(warning) = Box::pin(icpt.rollup_warning(w, expected, object_id)).await {
                 a.body = answer::with_warning(&a.body, &warning);
             }
             Fate::Confirmed {
@@ -177,13 +191,7 @@ async fn hold(
         }
         fate => fate,
     };
-    let mut resp = answer::single(
-        icpt,
-        w.kind,
-        fate,
-        &expected,
-        w.req.client_origin.as_deref(),
-    );
+    let mut resp = answer::single(icpt, w.kind, fate, expected, w.req.client_origin.as_deref());
     answer::set(
         &mut resp,
         headers::CONFIRMED,
@@ -207,14 +215,15 @@ async fn hold_ambiguous(
     started: Instant,
 ) -> Result<Response<Body>, ProxyError> {
     let id = pending.id();
-    let (filled, decision, expected) = (held.filled.clone(), held.decision, held.expected());
+    let (filled, decision, expected) =
+        (held.filled.clone(), held.decision, held.expected().clone());
     let up = RallyWrite {
         lookups: icpt.lookups.clone(),
         cred: w.cred.clone(),
         conn: Some(w.req.conn),
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
         body: held.body(),
         workspace: held.workspace.clone(),
         ctx: None,

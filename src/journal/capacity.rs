@@ -222,7 +222,7 @@ mod tests {
             credential: "fp".into(),
             operation: "create".into(),
             path: "/p".into(),
-            body: "x".repeat(body),
+            body: "x".repeat(body).into(),
             ..NewWrite::default()
         }
     }

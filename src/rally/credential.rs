@@ -59,7 +59,7 @@ impl Fingerprinter {
         if let Some(v) = headers.get("zsessionid") {
             material.extend_from_slice(b"zsessionid\0");
             material.extend_from_slice(v.as_bytes());
-            copied.push((HeaderName::from_static("zsessionid"), v.clone()));
+            copied.push((HeaderName::from_static("zsessionid"), detached(v)));
         } else if let Some(v) = headers.get(header::AUTHORIZATION) {
             material.extend_from_slice(b"authorization\0");
             material.extend_from_slice(v.as_bytes());
@@ -84,7 +84,7 @@ impl Fingerprinter {
         }
         for name in CREDENTIAL_HEADERS {
             for v in headers.get_all(name) {
-                copied.push((name.clone(), v.clone()));
+                copied.push((name.clone(), detached(v)));
             }
         }
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).ok()?;
@@ -94,6 +94,19 @@ impl Fingerprinter {
             headers: copied,
             fingerprint,
         })
+    }
+}
+
+/// A copy of a received header value. The value hyper parsed is a slice of the connection's
+/// read buffer: a credential kept with it (by a held write, in a cache) would keep the whole
+/// buffer (8 KiB) alive with it.
+fn detached(v: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_bytes(v.as_bytes()) {
+        Ok(mut own) => {
+            own.set_sensitive(v.is_sensitive());
+            own
+        }
+        Err(_) => v.clone(),
     }
 }
 

@@ -278,7 +278,7 @@ async fn replay_adopts_a_write_that_had_landed() {
             rally_user: Some("/user/400".into()),
             operation: "create".into(),
             path: format!("{WS}/testcaseresult/create?key=[redacted]"),
-            body: body.to_string(),
+            body: body.to_string().into(),
             ..NewWrite::default()
         })
         .await
@@ -640,7 +640,7 @@ async fn journal_commands_list_and_replay() {
                 rally_user: Some("/user/400".into()),
                 operation: "create".into(),
                 path: format!("{WS}/testcaseresult/create?key=[redacted]"),
-                body: body.to_string(),
+                body: body.to_string().into(),
                 build: Some("cli".into()),
                 ..NewWrite::default()
             })
@@ -766,7 +766,7 @@ async fn concurrent_replay_writes_a_result_sent_twice_once() {
                 rally_user: Some("/user/400".into()),
                 operation: "create".into(),
                 path: format!("{WS}/testcaseresult/create"),
-                body: body.to_string(),
+                body: body.to_string().into(),
                 build: Some(build.into()),
                 ..NewWrite::default()
             })

@@ -259,7 +259,7 @@ async fn sweep_dry_run_apply_idempotency_and_journal() {
                 credential: "fp".into(),
                 operation: "create".into(),
                 path: "/p".into(),
-                body: body.to_string(),
+                body: body.to_string().into(),
                 ..NewWrite::default()
             })
             .await

@@ -437,7 +437,7 @@ async fn replay_stores_a_write_only_under_its_writers_name() {
         rally_user: Some("/user/400".into()), rally_user_name: Some("alice@example.com".into()),
         operation: "create".into(), path: format!("{WS}/testcaseresult/create"),
         body: json!({"TestCaseResult": {"TestCase": "/testcase/1009", "Verdict": "Pass", "Build": "alice-again",
-                                        "Date": "2026-01-02T03:04:05.000Z"}}).to_string(),
+                                        "Date": "2026-01-02T03:04:05.000Z"}}).to_string().into(),
         ..NewWrite::default()
     }).await.expect("insert");
     j.settle(

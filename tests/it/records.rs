@@ -72,7 +72,7 @@ async fn readyz_fails_saying_why_when_the_journal_cannot_take_a_row() {
                 credential: "fp".into(),
                 operation: "create".into(),
                 path: "/p".into(),
-                body: "x".repeat(12 * 1024),
+                body: "x".repeat(12 * 1024).into(),
                 ..NewWrite::default()
             })
             .await
