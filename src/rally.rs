@@ -170,7 +170,13 @@ impl Rally {
         conn: Option<&ConnInfo>,
         priority: Priority,
     ) -> Result<Sent, ProxyError> {
-        let slot = match self.fingerprints.of(&parts.headers) {
+        // The proxy has already fingerprinted a client's credential (an HMAC) and passes it
+        // along in the request's extensions rather than have it computed twice.
+        let cred = parts
+            .extensions
+            .remove::<Credential>()
+            .or_else(|| self.fingerprints.of(&parts.headers));
+        let slot = match cred {
             Some(c) => Some(
                 self.governor
                     .acquire_as(&self.lane_of(c.fingerprint()), priority)
