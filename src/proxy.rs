@@ -162,7 +162,10 @@ impl Proxy {
         self.admit(&req, &ctx.conn)?;
         self.count_other_version(op);
         let is_head = req.method() == Method::HEAD;
-        let (parts, incoming) = req.into_parts();
+        let (mut parts, incoming) = req.into_parts();
+        if let Some(cred) = &ctx.credential {
+            parts.extensions.insert(cred.clone());
+        }
         // A body known to be empty (most GETs) is sent as is: nothing to count.
         let body = if incoming.is_end_stream() {
             incoming.map_err(crate::server::box_hyper).boxed_unsync()
