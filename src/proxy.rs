@@ -33,10 +33,10 @@ use crate::refs;
 use crate::request::RequestCtx;
 use crate::server::{Body, BoxError, BoxFuture, ConnInfo, Handler};
 use crate::telemetry::metrics::{Direction, DirectionLabels, Metrics};
-use prometheus_client::metrics::counter::Counter;
 use crate::telemetry::redact;
 use crate::wsapi;
 use body::{Counted, Ending, Observed};
+use prometheus_client::metrics::counter::Counter;
 
 /// Shared state of the forwarding path.
 pub struct Proxy {
@@ -99,9 +99,11 @@ impl Proxy {
         // Learn whose credential this is (once, in the background): Rally's cap is per user,
         // so the governor counts a user's keys together as soon as it knows. Not again while
         // a lookup has failed recently (a spawned task per request costs the streaming path).
-        if let Some(cred) = ctx.credential.as_ref().filter(|c| {
-            !self.rally.knows_user(c) && !self.interceptor.lookups.owner_unknown(c)
-        }) {
+        if let Some(cred) = ctx
+            .credential
+            .as_ref()
+            .filter(|c| !self.rally.knows_user(c) && !self.interceptor.lookups.owner_unknown(c))
+        {
             let (lookups, cred) = (self.interceptor.lookups.clone(), cred.clone());
             tokio::spawn(async move {
                 let _ = lookups.owner(&cred).await;
@@ -366,7 +368,10 @@ fn request_id<B>(req: &Request<B>) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| {
             let mut buf = uuid::Uuid::encode_buffer();
-            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf).to_string()
+            uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut buf)
+                .to_string()
         })
 }
 

@@ -136,8 +136,7 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.counter
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -174,7 +173,10 @@ mod tests {
     #[tokio::test]
     async fn finishes_once_with_the_bytes_at_the_end() {
         let seen = Arc::new(Mutex::new(vec![]));
-        let body = Observed::new(Full::new(Bytes::from_static(b"hello")), Record(seen.clone()));
+        let body = Observed::new(
+            Full::new(Bytes::from_static(b"hello")),
+            Record(seen.clone()),
+        );
         let collected = body.collect().await.expect("body").to_bytes();
         assert_eq!(&collected[..], b"hello");
         assert_eq!(*seen.lock().expect("lock"), vec![(5, Ending::Complete)]);
