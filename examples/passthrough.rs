@@ -289,8 +289,14 @@ fn spawn_sidecar(name: &str, bin: &str, upstream: &str, env: &[(String, String)]
     loop {
         let mut line = String::new();
         assert!(reader.read_line(&mut line).unwrap() > 0, "sidecar exited");
-        if let Some((proxy, _)) = rally_sidecar_harness::soak::ready_addrs(&line) {
-            let addr = proxy.to_string();
+        // The ready line names the listeners: JSON, or `proxy_addr=...` in the human format.
+        let human = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("proxy_addr="))
+            .filter(|_| line.contains("admin_addr="))
+            .map(str::to_string);
+        let json = rally_sidecar_harness::soak::ready_addrs(&line).map(|(p, _)| p.to_string());
+        if let Some(addr) = json.or(human) {
             // Keep draining stderr so the sidecar never blocks on a full pipe: into a file, in
             // large reads (the load generator shares a CPU with this thread), so the access
             // lines can be counted after the stop.
