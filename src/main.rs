@@ -319,7 +319,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    rally_sidecar::telemetry::logging::init(&cfg.log);
+    let _log = rally_sidecar::telemetry::logging::init(&cfg.log);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -358,7 +358,7 @@ fn simulate(args: SimulateArgs) -> ExitCode {
             }
         };
     }
-    rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
+    let _log = rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
         color: rally_sidecar::config::LogColor::Auto,
@@ -465,7 +465,7 @@ fn demo(
     if let Some(d) = dir {
         opts.dir = d;
     }
-    rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
+    let _log = rally_sidecar::telemetry::logging::init(&rally_sidecar::config::LogConfig {
         format: rally_sidecar::config::LogFormat::Human,
         level: "info".into(),
         color: rally_sidecar::config::LogColor::Auto,
