@@ -1,9 +1,19 @@
 # rally-sidecar container image.
 #   docker build -t rally-sidecar .
-#   docker run --rm -p 8443:8443 -p 9464:9464 \
-#     -v $PWD/tls:/etc/rally-sidecar/tls:ro -v rally-journal:/var/lib/rally-sidecar rally-sidecar
+# The image sets no configuration: every listener stays on loopback unless a config file or the
+# command line says otherwise (an address baked in here would silently beat a mounted config).
+# To reach it from the host, say so explicitly — and give the admin API a token, which the
+# sidecar requires whenever the admin listener is not on loopback:
+#   openssl rand -hex 32 > admin-token
+#   docker run --rm -p 127.0.0.1:8443:8443 -p 127.0.0.1:9464:9464 \
+#     -v $PWD/tls:/etc/rally-sidecar/tls:ro -v $PWD/admin-token:/run/secrets/admin-token:ro \
+#     -v rally-journal:/var/lib/rally-sidecar \
+#     -e RALLY_SIDECAR_ADMIN_TOKEN_FILE=/run/secrets/admin-token rally-sidecar serve \
+#     --listen 0.0.0.0:8443 --admin-listen 0.0.0.0:9464 \
+#     --tls-cert /etc/rally-sidecar/tls/cert.pem --tls-key /etc/rally-sidecar/tls/key.pem
 # Configuration: /etc/rally-sidecar/config.toml (mount it and pass --config) or
-# RALLY_SIDECAR_<SECTION>_<KEY> variables. See config.example.toml.
+# RALLY_SIDECAR_<SECTION>_<KEY> variables. See config.example.toml. The journal's default path
+# is relative, so it lands in the working directory, the /var/lib/rally-sidecar volume.
 
 # ---- build ----
 FROM rust:1-bookworm AS build
@@ -32,11 +42,6 @@ RUN apt-get update \
 COPY --from=build /src/target/release/rally-sidecar /usr/local/bin/rally-sidecar
 COPY config.example.toml /etc/rally-sidecar/config.example.toml
 
-# In a container the listeners must face the pod/container network, not loopback.
-ENV RALLY_SIDECAR_LISTEN_ADDR=0.0.0.0:8443 \
-    RALLY_SIDECAR_ADMIN_LISTEN=0.0.0.0:9464 \
-    RALLY_SIDECAR_LOG_FORMAT=json \
-    RALLY_SIDECAR_JOURNAL_PATH=/var/lib/rally-sidecar/journal.sqlite
 VOLUME ["/etc/rally-sidecar", "/var/lib/rally-sidecar"]
 EXPOSE 8443 9464
 USER 10001:10001

@@ -31,6 +31,9 @@ struct Args {
     /// soak's fault rates with read lag drawn in 0..8 s).
     #[arg(long)]
     profile: Option<String>,
+    /// The sidecar's confirm.hold: "readback" or "ambiguous".
+    #[arg(long, default_value = "readback")]
+    hold: String,
     /// Every Nth write goes to the /slm/webservice/v2.x path (0: none).
     #[arg(long, default_value_t = 3)]
     v2x_every: usize,
@@ -81,6 +84,7 @@ fn main() -> std::process::ExitCode {
         opts.faults = FaultConfig::default();
     }
     opts.v2x_every = a.v2x_every;
+    opts.hold = a.hold.clone();
     if a.latency.is_some() {
         opts.faults.latency = a.latency;
     }

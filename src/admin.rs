@@ -1,7 +1,8 @@
 //! The admin listener (its own address, loopback by default): `GET /healthz` (the process is
 //! up), `GET /readyz` (every readiness condition holds), `GET /metrics` (Prometheus text) and,
 //! only when `admin.enable_shutdown = true`, `POST /shutdown` for Kubernetes Jobs whose test
-//! container tells the sidecar it is done.
+//! container tells the sidecar it is done. Every request passes [`auth::Guard::refusal`] before
+//! it is routed: the three read-only endpoints above are open, everything else is guarded.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,8 @@ pub struct Admin {
     pub context: Arc<BuildContext>,
     pub journal: Option<crate::journal::Journal>,
     pub health: Arc<crate::rally::health::UpstreamHealth>,
+    /// Who may use which endpoint.
+    pub auth: auth::Guard,
     /// `context.build` and the CI variables: the status page says where a build comes from.
     pub build_config: crate::config::ContextConfig,
 }
@@ -72,6 +75,7 @@ pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Respon
     r
 }
 
+pub mod auth;
 mod builds;
 mod context;
 mod page;
@@ -136,6 +140,9 @@ impl Handler for AdminHandler {
     ) -> BoxFuture<Result<Response<Body>, BoxError>> {
         let admin = self.0.clone();
         Box::pin(async move {
+            if let Some(refused) = admin.auth.refusal(&req) {
+                return Ok(refused);
+            }
             match (req.method(), req.uri().path()) {
                 (_, "/context") => return Ok(admin.context(req).await),
                 (&Method::GET, "/") => return Ok(admin.status_page().await),

@@ -51,7 +51,10 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+mod admin;
 mod env;
+pub mod fleet;
+mod listen;
 mod raw;
 mod validate;
 
@@ -87,6 +90,15 @@ pub struct ListenConfig {
     pub header_read_timeout: Duration,
     pub http2: bool,
     pub max_connections: usize,
+    /// Connections one client IP address may hold at once.
+    pub max_connections_per_peer: usize,
+    /// The whole body of an intercepted (buffered) write must arrive within this; a streamed
+    /// body may not pause longer than this between two chunks.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with GOAWAY).
+    pub idle_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,11 +136,7 @@ impl UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub listen: SocketAddr,
-    pub enable_shutdown: bool,
-}
+pub use admin::{AdminConfig, AdminToken};
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -163,6 +171,8 @@ pub struct InterceptConfig {
     pub enrich_updates: bool,
     /// Status of the sidecar's own refusals (blocked writes, missing build); Rally uses 200.
     pub block_status: http::StatusCode,
+    /// Bytes of intercepted bodies held in memory at once, across all requests.
+    pub max_buffered: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +205,8 @@ pub struct GuardConfig {
     pub cache_ttl: Duration,
     pub block_closed_projects: bool,
     pub on_lookup_error: OnLookupError,
+    /// How long a failed lookup is remembered for its credential.
+    pub failure_cache_ttl: Duration,
     pub rules: Vec<GuardRule>,
 }
 
@@ -206,6 +218,18 @@ pub struct ConfirmConfig {
     pub unconfirmed_status: http::StatusCode,
     /// Also check the TestCase's LastVerdict/LastBuild after confirming; warn if stale.
     pub check_rollup: bool,
+    /// What the client waits for (`confirm.hold`).
+    pub hold: Hold,
+}
+
+/// `confirm.hold`: how long a client's answer is held (docs/confirmation.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Until the result has been read back from Rally (or its fate is otherwise known).
+    Readback,
+    /// A clean acknowledgement (an ObjectID, no Errors) is answered at once and read back in
+    /// the background; only ambiguous outcomes hold the client.
+    Ambiguous,
 }
 
 /// The Rally workspace and projects `check` and `sweep` work in (names, refs or ObjectIDs).
@@ -220,6 +244,12 @@ pub struct JournalConfig {
     pub path: PathBuf,
     pub retention: Duration,
     pub max_confirmed: i64,
+    /// The journal file's size cap (bytes of pages in use).
+    pub max_bytes: u64,
+    /// Rejected and refused rows are deleted after this long...
+    pub rejected_retention: Duration,
+    /// ...and their bodies dropped after this long.
+    pub rejected_body_retention: Duration,
 }
 
 /// Retry and confirmation policy (`[confirm]`).
@@ -263,7 +293,7 @@ pub struct Config {
     pub scope: ScopeConfig,
     pub sweep: SweepConfig,
     /// Fleet mode (`[fleet]`), off without a database URL.
-    pub fleet: Option<crate::fleet::FleetConfig>,
+    pub fleet: Option<fleet::FleetConfig>,
 }
 
 /// CI variables that name a build, first found wins: Jenkins, GitHub Actions, GitLab,
@@ -285,6 +315,12 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT: &str = "30s";
     pub const HTTP2: bool = true;
     pub const MAX_CONNECTIONS: u64 = 20_000;
+    pub const MAX_CONNECTIONS_PER_PEER: u64 = 1_000;
+    pub const BODY_READ_TIMEOUT: &str = "60s";
+    pub const IDLE_TIMEOUT: &str = "60s";
+    pub const HTTP2_KEEP_ALIVE_INTERVAL: &str = "20s";
+    pub const HTTP2_KEEP_ALIVE_TIMEOUT: &str = "20s";
+    pub const REQUIRE_TOKEN: bool = false;
     pub const INSECURE_SKIP_VERIFY: bool = false;
     pub const CONNECT_TIMEOUT: &str = "10s";
     /// Rally itself stops a request at 5 minutes; give it a little more.
@@ -299,10 +335,12 @@ pub mod defaults {
     pub const MAX_BODY: u64 = 1024 * 1024;
     pub const ENRICH_UPDATES: bool = false;
     pub const BLOCK_STATUS: u16 = 200;
+    pub const MAX_BUFFERED: u64 = 16 * 1024 * 1024;
     pub const GUARD_ENABLED: bool = true;
     pub const GUARD_CACHE_TTL: &str = "30s";
     pub const BLOCK_CLOSED_PROJECTS: bool = true;
     pub const ON_LOOKUP_ERROR: &str = "forward";
+    pub const FAILURE_CACHE_TTL: &str = "5s";
     pub const MAX_CONCURRENCY_PER_CREDENTIAL: u64 = 12;
     pub const MAX_QUEUE_PER_CREDENTIAL: u64 = 20_000;
     pub const QUEUE_TIMEOUT: &str = "5m";
@@ -312,10 +350,14 @@ pub mod defaults {
     pub const MAX_ATTEMPTS: u32 = 3;
     pub const CONFIRM_TIMEOUT: &str = "2m";
     pub const READBACK_WINDOW: &str = "10s";
+    pub const HOLD: &str = "readback";
     pub const UNCONFIRMED_STATUS: u16 = 200;
     pub const JOURNAL_PATH: &str = "rally-sidecar-journal.sqlite";
     pub const RETENTION: &str = "7days";
     pub const MAX_CONFIRMED: i64 = 100_000;
+    pub const JOURNAL_MAX_BYTES: u64 = 512 * 1024 * 1024;
+    pub const REJECTED_RETENTION: &str = "3days";
+    pub const REJECTED_BODY_RETENTION: &str = "1day";
 }
 
 impl Config {

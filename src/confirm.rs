@@ -12,218 +12,15 @@
 //! write that Rally stored but did not acknowledge is adopted, not duplicated.
 
 pub mod rally;
+mod rules;
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
 pub use crate::rally::lookups::ReadBack;
-use crate::wsapi::parse_ref;
 
 pub use crate::config::ConfirmPolicy as Policy;
 
-/// What one answer to a create or update means.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
-    /// Errors empty and an Object with an ObjectID.
-    Accepted { object_id: i64 },
-    /// Rally refused for a reason a retry can fix (concurrency conflict, unit of work) and
-    /// nothing was written.
-    Retry {
-        cause: String,
-        retry_after: Option<Duration>,
-    },
-    /// The write may or may not have happened (no answer, reset, 5xx, gateway timeout).
-    Ambiguous {
-        cause: String,
-        retry_after: Option<Duration>,
-    },
-    /// Rally refused for good (validation, authorization): relay its answer, never retry.
-    Final { cause: String },
-}
-
-/// Texts Rally uses for refusals a retry can fix (rally-wsapi.md §13).
-const RETRYABLE: &[&str] = &[
-    "Concurrency conflict",
-    "Could not write changes in Unit Of Work",
-];
-
-/// Classifies an HTTP answer (status, parsed body) to a create or an update.
-pub fn classify_answer(status: u16, body: &Value, retry_after: Option<Duration>) -> Answer {
-    let root = body.as_object().and_then(|m| m.values().next());
-    let errors: Vec<String> = root
-        .and_then(|r| r.get("Errors"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    match status {
-        200 => {
-            if let Some(first) = errors.first() {
-                if RETRYABLE.iter().any(|r| first.contains(r)) {
-                    return Answer::Retry {
-                        cause: first.clone(),
-                        retry_after,
-                    };
-                }
-                return Answer::Final {
-                    cause: first.clone(),
-                };
-            }
-            let oid = root
-                .and_then(|r| r.get("Object"))
-                .and_then(|o| o.get("ObjectID"));
-            match oid.and_then(|v| {
-                v.as_i64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            }) {
-                Some(object_id) => Answer::Accepted { object_id },
-                None => Answer::Ambiguous {
-                    cause: "Rally answered 200 without an ObjectID".into(),
-                    retry_after,
-                },
-            }
-        }
-        500 | 502 | 503 | 504 | 524 => Answer::Ambiguous {
-            cause: format!("Rally answered HTTP {status}"),
-            retry_after,
-        },
-        _ => Answer::Final {
-            cause: errors
-                .first()
-                .cloned()
-                .unwrap_or_else(|| format!("Rally answered HTTP {status}")),
-        },
-    }
-}
-
-/// What was sent, to be found again in what Rally stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expected {
-    pub test_case: Option<String>,
-    pub build: Option<String>,
-    pub date: Option<String>,
-    pub verdict: Option<String>,
-    pub tester: Option<String>,
-}
-
-fn ref_id(v: Option<&Value>) -> Option<String> {
-    parse_ref(v?).map(|(_, id)| id)
-}
-
-fn instant(s: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-}
-
-impl Expected {
-    /// From the attributes of the (enriched) write.
-    pub fn from_fields(f: &Map<String, Value>) -> Expected {
-        let s = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_string);
-        Expected {
-            test_case: ref_id(f.get("TestCase")),
-            build: s("Build"),
-            date: s("Date"),
-            verdict: s("Verdict"),
-            tester: ref_id(f.get("Tester")),
-        }
-    }
-
-    /// Whether the Date sent (if any) is one Rally could take: ISO 8601, a date or a date and
-    /// time, with an offset, `Z`, or none (the user's time zone).
-    pub fn date_is_wellformed(&self) -> bool {
-        use time::macros::format_description;
-        let Some(d) = self.date.as_deref() else {
-            return true;
-        };
-        instant(d).is_some()
-            || time::Date::parse(d, format_description!("[year]-[month]-[day]")).is_ok()
-            || time::PrimitiveDateTime::parse(
-                d,
-                format_description!(
-                    "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
-                ),
-            )
-            .is_ok()
-    }
-
-    /// `None` if `stored` (a read-back TestCaseResult) is the result sent; else what differs.
-    pub fn compare(&self, stored: &Map<String, Value>) -> Option<String> {
-        let mut diffs = Vec::new();
-        if let Some(tc) = &self.test_case
-            && ref_id(stored.get("TestCase")).as_ref() != Some(tc)
-        {
-            diffs.push(format!("TestCase is not {tc}"));
-        }
-        for (name, want) in [("Build", &self.build), ("Verdict", &self.verdict)] {
-            if let Some(w) = want
-                && stored.get(name).and_then(Value::as_str) != Some(w.as_str())
-            {
-                diffs.push(format!(
-                    "{name} is {:?}, sent {w:?}",
-                    stored.get(name).and_then(Value::as_str).unwrap_or("")
-                ));
-            }
-        }
-        if let Some(d) = &self.date {
-            let got = stored.get("Date").and_then(Value::as_str).unwrap_or("");
-            let same = match (instant(d), instant(got)) {
-                (Some(a), Some(b)) => a == b,
-                _ => got == d,
-            };
-            if !same {
-                diffs.push(format!("Date is {got:?}, sent {d:?}"));
-            }
-        }
-        if let Some(t) = &self.tester
-            && ref_id(stored.get("Tester")).as_ref() != Some(t)
-        {
-            diffs.push(format!("Tester is not {t}"));
-        }
-        (!diffs.is_empty()).then(|| diffs.join("; "))
-    }
-}
-
-/// Quotes a value for the query language so no input can change the query's meaning. WSAPI
-/// has no escape for `"` inside a quoted value (rally-wsapi.md §17.9), so a value containing
-/// one cannot be expressed safely: the caller gets `None` and must not query by it.
-pub fn quote(value: &str) -> Option<String> {
-    let ok = !value.is_empty() && !value.contains('"') && !value.chars().any(|c| c.is_control());
-    ok.then(|| format!("\"{value}\""))
-}
-
-/// The fingerprint query: `TestCase + Build + Date + Verdict`, pairwise AND, every value
-/// quoted. `None` when a value cannot be quoted safely (then no re-create is risked).
-pub fn fingerprint_query(e: &Expected) -> Option<String> {
-    let tc = e.test_case.as_deref()?;
-    if !tc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return None;
-    }
-    let tc = quote(&format!("/testcase/{tc}"))?;
-    let build = quote(e.build.as_deref()?)?;
-    let date = quote(e.date.as_deref()?)?;
-    let verdict = quote(e.verdict.as_deref()?)?;
-    Some(format!(
-        "((((TestCase = {tc}) AND (Build = {build})) AND (Date = {date})) AND (Verdict = {verdict}))"
-    ))
-}
-
-/// Delay before retry `n` (1-based): exponential from `initial`, capped at `max`, full jitter
-/// (`jitter` in [0, 1) picks a point in [0, cap]); a `Retry-After` from Rally wins if longer.
-pub fn backoff(p: &Policy, n: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
-    let exp = p.initial_backoff.saturating_mul(
-        1u32.checked_shl(n.saturating_sub(1).min(20))
-            .unwrap_or(u32::MAX),
-    );
-    let cap = exp.min(p.max_backoff);
-    let jittered = cap.mul_f64(jitter.clamp(0.0, 1.0));
-    match retry_after {
-        Some(ra) if ra > jittered => ra.min(p.max_backoff.max(ra)),
-        _ => jittered,
-    }
-}
+pub use rules::{Answer, Expected, backoff, classify_answer, fingerprint_query, quote};
 
 /// Rally's answer to one attempt, as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,8 +36,9 @@ pub trait Upstream: Send + Sync {
     /// Sends the write once. Returns the classification and Rally's raw answer
     /// (status, body bytes) when there was one.
     async fn submit(&self) -> (Answer, Option<RawAnswer>);
-    /// Reads a result back by ObjectID.
-    async fn read(&self, object_id: i64) -> ReadBack;
+    /// Reads a result back. `last` marks the last read of a read-back window, which must be
+    /// by ObjectID (what decides that a result is missing); earlier ones may be coalesced.
+    async fn read(&self, object_id: i64, last: bool) -> ReadBack;
     /// Looks for the result by its fingerprint; the ObjectIDs found.
     async fn find(&self, query: &str) -> Result<Vec<i64>, String>;
 }
@@ -301,7 +99,30 @@ pub async fn confirm<U: Upstream>(
     jitter: impl FnMut() -> f64 + Send,
     give_up: impl std::future::Future<Output = ()> + Send,
 ) -> Fate {
-    let progress = Progress::default();
+    confirm_with(
+        up, kind, look_first, expected, policy, jitter, give_up, None,
+    )
+    .await
+}
+
+/// [`confirm`], telling `acknowledged` the moment Rally first acknowledges a create cleanly
+/// (an ObjectID and no Errors) — before the read-back — so that `confirm.hold = "ambiguous"`
+/// can answer the client then while the state machine goes on to its fate.
+#[allow(clippy::too_many_arguments)]
+pub async fn confirm_with<U: Upstream>(
+    up: &U,
+    kind: Kind,
+    look_first: bool,
+    expected: &Expected,
+    policy: &Policy,
+    jitter: impl FnMut() -> f64 + Send,
+    give_up: impl std::future::Future<Output = ()> + Send,
+    acknowledged: Option<tokio::sync::oneshot::Sender<RawAnswer>>,
+) -> Fate {
+    let progress = Progress {
+        acknowledged: std::sync::Mutex::new(acknowledged),
+        ..Progress::default()
+    };
     // `confirm.timeout` bounds the whole hold, whatever is in flight when it is reached (a
     // submit, a read-back or a search can each take up to `upstream.response_timeout`).
     let bound = tokio::time::sleep(policy.timeout);
@@ -323,6 +144,8 @@ struct Progress {
     /// The ObjectID Rally acknowledged, 0 when none yet.
     object_id: std::sync::atomic::AtomicI64,
     cause: std::sync::Mutex<String>,
+    /// Told of the first clean acknowledgement of a create, once.
+    acknowledged: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<RawAnswer>>>,
 }
 
 impl Progress {
@@ -409,9 +232,9 @@ async fn drive<U: Upstream>(
                             adopted: true,
                             answer: None,
                         },
-                        Err(c) => Fate::Unconfirmed {
+                        Err(unread) => Fate::Unconfirmed {
                             attempts,
-                            cause: c,
+                            cause: unread.to_string(),
                             object_id: Some(object_id),
                         },
                     };
@@ -435,6 +258,11 @@ async fn drive<U: Upstream>(
                     .object_id
                     .store(object_id, std::sync::atomic::Ordering::Relaxed);
                 progress.note(attempts, "acknowledged, not yet read back");
+                if let (Kind::Create, Some(raw)) = (kind, &raw)
+                    && let Some(tx) = progress.acknowledged.lock().ok().and_then(|mut t| t.take())
+                {
+                    let _ = tx.send(raw.clone());
+                }
                 match read_until(up, object_id, expected, policy, deadline, &mut jitter).await {
                     Ok(()) => {
                         return Fate::Confirmed {
@@ -444,20 +272,20 @@ async fn drive<U: Upstream>(
                             answer: raw,
                         };
                     }
-                    Err(c) if c.starts_with("not readable") && matches!(kind, Kind::Create) => {
+                    Err(unread @ Unread::Missing(_)) if matches!(kind, Kind::Create) => {
                         // Acknowledged but never stored (or lost): look, then write again.
                         progress
                             .object_id
                             .store(0, std::sync::atomic::Ordering::Relaxed);
-                        cause = c;
+                        cause = unread.to_string();
                         must_look = true;
                         look_window = Duration::ZERO;
                         None
                     }
-                    Err(c) => {
+                    Err(unread) => {
                         return Fate::Unconfirmed {
                             attempts,
-                            cause: c,
+                            cause: unread.to_string(),
                             object_id: Some(object_id),
                         };
                     }
@@ -543,7 +371,23 @@ async fn find_until<U: Upstream>(
     }
 }
 
-/// Polls the read-back until it matches, differs for good, or the window ends.
+/// Why a read-back window ended without the result as sent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum Unread {
+    /// Acknowledged, never readable: presumed lost (a create is then looked for and written
+    /// again).
+    #[error("not readable: result {0} was acknowledged but cannot be read")]
+    Missing(i64),
+    /// Readable, but not what was sent.
+    #[error("read back differs: {0}")]
+    Differs(String),
+    /// The reads themselves failed.
+    #[error("read back failed: {0}")]
+    Failed(String),
+}
+
+/// Polls the read-back until it matches, differs for good, or the window ends. The last read
+/// is made at the window's end, not one backoff step before it, and by ObjectID.
 async fn read_until<U: Upstream>(
     up: &U,
     object_id: i64,
@@ -551,26 +395,28 @@ async fn read_until<U: Upstream>(
     policy: &Policy,
     deadline: tokio::time::Instant,
     jitter: &mut (impl FnMut() -> f64 + Send),
-) -> Result<(), String> {
+) -> Result<(), Unread> {
     let window_end = (tokio::time::Instant::now() + policy.readback_window).min(deadline);
     let mut n = 0;
     loop {
         n += 1;
-        let last = match up.read(object_id).await {
+        let last = tokio::time::Instant::now() >= window_end;
+        let missing = match up.read(object_id, last).await {
             ReadBack::Found(stored) => match expected.compare(&stored) {
                 None => return Ok(()),
-                Some(diff) => format!("read back differs: {diff}"),
+                Some(diff) => Unread::Differs(diff),
             },
-            ReadBack::NotFound => {
-                format!("not readable: result {object_id} was acknowledged but cannot be read")
-            }
-            ReadBack::Failed(e) => format!("read back failed: {e}"),
+            ReadBack::NotFound => Unread::Missing(object_id),
+            ReadBack::Failed(e) => Unread::Failed(e),
         };
+        if last {
+            return Err(missing);
+        }
         let now = tokio::time::Instant::now();
         if now >= window_end {
-            return Err(last);
+            // The window ended during this read: one more, the last, by ObjectID.
+            continue;
         }
-        // The last read is made at the window's end, not one backoff step before it.
         let wait = backoff(policy, n, 0.5 + jitter() / 2.0, None).min(Duration::from_secs(2));
         tokio::time::sleep(wait.min(window_end - now)).await;
     }

@@ -41,8 +41,6 @@ pub enum ProxyError {
     Connect(String),
     #[error("bad request: {0}")]
     BadRequest(String),
-    #[error("shutting down; retry against another instance")]
-    ShuttingDown,
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("too busy: {0}")]
@@ -68,17 +66,16 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::BodyTooLarge(_)
             | ProxyError::Refused { .. } => Side::Client,
-            ProxyError::ShuttingDown | ProxyError::Overloaded(_) => Side::Proxy,
+            ProxyError::Overloaded(_) => Side::Proxy,
         }
     }
 
-    /// Whether a caller may safely try the same request again.
+    /// Whether the same request may safely be sent again: nothing of it reached Rally (no
+    /// connection, or the sidecar did not send it), so it cannot have taken effect.
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            ProxyError::UpstreamUnreachable(_)
-                | ProxyError::ShuttingDown
-                | ProxyError::Overloaded(_)
+            ProxyError::UpstreamUnreachable(_) | ProxyError::Overloaded(_)
         )
     }
 
@@ -91,26 +88,25 @@ impl ProxyError {
             ProxyError::ForeignTarget { .. } => "foreign-target",
             ProxyError::Connect(_) => "connect-refused",
             ProxyError::BadRequest(_) => "bad-request",
-            ProxyError::ShuttingDown => "shutting-down",
             ProxyError::BodyTooLarge(_) => "body-too-large",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Refused { code, .. } => code,
         }
     }
 
+    /// The status follows the side that failed: Rally → 502 (504 when it did not answer in
+    /// time), the sidecar itself → 503, the client → the 4xx that names its mistake (or the
+    /// status configured for a refusal).
     pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ForeignTarget { .. } => StatusCode::FORBIDDEN,
-            ProxyError::Connect(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Refused { status, .. } => *status,
+        match (self.side(), self) {
+            (_, ProxyError::Refused { status, .. }) => *status,
+            (Side::Upstream, ProxyError::UpstreamTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            (Side::Upstream, _) => StatusCode::BAD_GATEWAY,
+            (Side::Proxy, _) => StatusCode::SERVICE_UNAVAILABLE,
+            (Side::Client, ProxyError::ForeignTarget { .. }) => StatusCode::FORBIDDEN,
+            (Side::Client, ProxyError::Connect(_)) => StatusCode::METHOD_NOT_ALLOWED,
+            (Side::Client, ProxyError::BodyTooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            (Side::Client, _) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -170,7 +166,7 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
     }
     if matches!(
         err,
-        ProxyError::ShuttingDown | ProxyError::Connect(_) | ProxyError::ForeignTarget { .. }
+        ProxyError::Connect(_) | ProxyError::ForeignTarget { .. }
     ) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -6,7 +6,8 @@
 //! disagree. Off by default: without `[fleet] url` none of this runs.
 
 pub mod budget;
-pub mod config;
+/// `[fleet]` settings live with the rest of the configuration.
+pub use crate::config::fleet as config;
 pub mod context;
 pub(crate) mod db;
 pub mod ledger;

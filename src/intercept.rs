@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod batch;
+pub mod budget;
 pub mod classify;
 pub mod context;
 pub mod decide;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,11 @@ pub struct Interceptor {
     pub journal: Option<Journal>,
     /// Cancelled shortly before the shutdown deadline: held writes answer at once.
     pub give_up: CancellationToken,
+    /// Bytes of intercepted bodies in memory, across requests.
+    pub budget: Arc<budget::Budget>,
+    /// Read-backs that go on after their client was answered (`confirm.hold = "ambiguous"`);
+    /// the drain waits for them.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 /// What interception makes of a request: the sidecar's own answer, or a request for the proxy
@@ -170,12 +175,14 @@ impl Interceptor {
         journal: Option<Journal>,
     ) -> Interceptor {
         Interceptor {
+            budget: budget::Budget::new(cfg.intercept.max_buffered),
             cfg,
             lookups,
             context,
             metrics,
             journal,
             give_up: CancellationToken::new(),
+            background: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -191,7 +198,7 @@ impl Interceptor {
 
 /// Handles an intercepted request end to end.
 pub async fn handle(
-    icpt: &Interceptor,
+    icpt: &Arc<Interceptor>,
     ctx: &RequestCtx,
     op: Operation,
     req: Request<Incoming>,
@@ -202,15 +209,11 @@ pub async fn handle(
         _ => Envelope::Operation,
     };
     let (mut parts, incoming) = req.into_parts();
-    let body = read_body(incoming, icpt.cfg.intercept.max_body).await.map_err(|e| match e {
-        ProxyError::BodyTooLarge(n) => ProxyError::Refused {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind,
-            code: "body-too-large",
-            message: format!("rally-sidecar: the request body is larger than intercept.max_body ({n} bytes); nothing was forwarded"),
-        },
-        other => other,
-    })?;
+    // The charge lives until this function returns: a held write's bytes count until answered.
+    let (body, _charge) = match read_body(icpt, incoming, kind).await? {
+        Ok(read) => read,
+        Err(answer) => return Ok(Outcome::Answer(answer)),
+    };
     ctx.count_in(body.len());
     let Some(cred) = ctx
         .credential
@@ -257,17 +260,40 @@ pub async fn handle(
     }
 }
 
-/// Reads the body up to the limit.
-async fn read_body(incoming: Incoming, max: usize) -> Result<Bytes, ProxyError> {
-    match Limited::new(incoming, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ProxyError::BodyTooLarge(max))
+/// Reads the body up to `intercept.max_body`, within `listen.body_read_timeout`, charged to the
+/// memory budget; the sidecar's own answer when it cannot.
+async fn read_body(
+    icpt: &Interceptor,
+    incoming: Incoming,
+    kind: Envelope,
+) -> Result<Result<(Bytes, budget::Charge), Response<Body>>, ProxyError> {
+    let cfg = &icpt.cfg;
+    let read = budget::read(
+        incoming,
+        cfg.intercept.max_body,
+        &icpt.budget,
+        cfg.listen.body_read_timeout,
+    )
+    .await;
+    match read {
+        Ok(read) => Ok(Ok(read)),
+        Err(budget::ReadError::TooLarge(n)) => Err(ProxyError::Refused {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind,
+            code: "body-too-large",
+            message: format!(
+                "rally-sidecar: the request body is larger than intercept.max_body ({n} bytes); nothing was forwarded"
+            ),
+        }),
+        Err(budget::ReadError::OverBudget { limit }) => {
+            tracing::warn!(
+                limit,
+                "intercept.max_buffered reached: a write is answered 503"
+            );
+            Ok(Err(budget::over_budget(kind, limit)))
         }
-        Err(e) => Err(ProxyError::BadRequest(format!(
+        Err(budget::ReadError::TimedOut(d)) => Ok(Err(budget::timed_out(kind, d))),
+        Err(budget::ReadError::Broken(e)) => Err(ProxyError::BadRequest(format!(
             "reading the request body: {e}"
         ))),
     }

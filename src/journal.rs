@@ -7,7 +7,8 @@
 //!   `unconfirmed` may later become `confirmed` (replay, sweep) — never the other way;
 //! - at start, rows still `pending` (the sidecar stopped mid-write) are reported and marked
 //!   `unconfirmed`, never dropped;
-//! - only `confirmed` rows are pruned (by age and count).
+//! - only `confirmed`, `rejected` and `refused` rows are pruned (by age and count, and near
+//!   `journal.max_bytes`: [`capacity`]); `pending` and `unconfirmed` rows never are.
 //!
 //! - a write the sidecar refused (archived test case, no build, bad body) is recorded as
 //!   `refused` with its reason; it was never forwarded;
@@ -25,9 +26,14 @@
 //! forwarded write's row (docs/confirmation.md has the measured cost). It is created 0600: it
 //! holds result bodies and Notes.
 
+pub mod capacity;
 pub mod owner;
+mod pending;
 mod report;
 mod schema;
+mod summary;
+
+pub use pending::{Pending, Settled};
 
 pub use report::{BuildCounts, WriteView};
 
@@ -147,6 +153,18 @@ pub struct Journal {
     secret: [u8; 32],
     /// The owner lease this handle holds (`serve`), if any.
     instance: Option<String>,
+    /// Whether the last insert failed for lack of space ([`capacity`]).
+    room: Arc<capacity::Room>,
+}
+
+/// SQLite's `synchronous` level for the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit reaches the disk before it returns: a forwarded write's row survives a
+    /// power loss.
+    Full,
+    /// WAL commits reach the disk at checkpoints: survives the process, not the machine.
+    Normal,
 }
 
 /// What [`Journal::recover_unowned`] did.
@@ -224,6 +242,12 @@ impl Journal {
     /// Opens (creating if needed, 0600) the journal at `path` to read and record, migrating an
     /// older file. Changes no row: this is how the operator's commands open it.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        Journal::open_with(path, Durability::Full)
+    }
+
+    /// [`Journal::open`] with a chosen `synchronous` level: only benchmarks choose `Normal`,
+    /// to measure what `Full` costs (docs/confirmation.md).
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Journal, JournalError> {
         let err = |source| JournalError::Sqlite {
             path: path.display().to_string(),
             source,
@@ -237,7 +261,11 @@ impl Journal {
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        let level = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", level)
             .map_err(err)?;
         schema::migrate(&mut conn).map_err(err)?;
         let secret = schema::writer_secret(&conn).map_err(err)?;
@@ -246,6 +274,7 @@ impl Journal {
             path: path.to_path_buf(),
             secret,
             instance: None,
+            room: Arc::default(),
         })
     }
 
@@ -341,9 +370,13 @@ impl Journal {
     ) -> Result<T, JournalError> {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
+        let room = self.room.clone();
         tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c).map_err(|source| JournalError::Sqlite { path, source })
+            f(&mut c).map_err(|source| {
+                room.note(&source);
+                JournalError::Sqlite { path, source }
+            })
         })
         .await
         .map_err(|e| JournalError::Task(e.to_string()))?
@@ -355,9 +388,13 @@ impl Journal {
     ) -> Result<T, JournalError> {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
+        let room = self.room.clone();
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&c).map_err(|source| JournalError::Sqlite { path, source })
+            f(&c).map_err(|source| {
+                room.note(&source);
+                JournalError::Sqlite { path, source }
+            })
         })
         .await
         .map_err(|e| JournalError::Task(e.to_string()))?
@@ -557,253 +594,5 @@ impl Journal {
     }
 }
 
-/// A write recorded as pending and not yet settled. It settles exactly once: by
-/// [`Pending::settle`], or — if it is dropped first (the client left, the shutdown deadline cut
-/// the request) — as unconfirmed, never left pending.
-pub struct Pending {
-    journal: Journal,
-    id: i64,
-    open: bool,
-}
-
-impl Pending {
-    /// The row's id.
-    pub fn id(&self) -> i64 {
-        self.id
-    }
-
-    /// Records the write's fate. On failure the row stays pending until the drop marks it
-    /// unconfirmed, and the error is returned for the caller to log.
-    pub async fn settle(mut self, fate: Settled) -> Result<(), JournalError> {
-        let Settled {
-            state,
-            attempts,
-            cause,
-            object_id,
-            latency_ms,
-        } = fate;
-        self.journal
-            .settle(self.id, state, attempts, cause, object_id, latency_ms)
-            .await?;
-        self.open = false;
-        Ok(())
-    }
-
-    /// Records the fate in the background: at the shutdown deadline the row is already
-    /// unconfirmed (one statement for every held write), so the client is answered first and
-    /// the row's details are written behind it, while there is time.
-    pub fn settle_behind(mut self, fate: Settled) {
-        self.open = false;
-        let (journal, id) = (self.journal.clone(), self.id);
-        tokio::spawn(async move {
-            let Settled {
-                state,
-                attempts,
-                cause,
-                object_id,
-                latency_ms,
-            } = fate;
-            let _ = journal
-                .settle(id, state, attempts, cause, object_id, latency_ms)
-                .await;
-        });
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if self.open {
-            self.journal
-                .settle_now(self.id, "the request ended before the outcome was known");
-        }
-    }
-}
-
-/// A write's fate as the journal records it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settled {
-    pub state: State,
-    pub attempts: u32,
-    pub cause: Option<String>,
-    pub object_id: Option<i64>,
-    pub latency_ms: Option<f64>,
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp() -> PathBuf {
-        std::env::temp_dir().join(format!("rs-journal-{}.sqlite", uuid::Uuid::new_v4()))
-    }
-
-    fn write(n: usize) -> NewWrite {
-        NewWrite {
-            request_id: format!("r{n}"),
-            received_at: now(),
-            credential: "fp".into(),
-            operation: "create".into(),
-            path: "/slm/webservice/v2.0/testcaseresult/create".into(),
-            body: "{}".into(),
-            ..NewWrite::default()
-        }
-    }
-
-    /// The journal against a simple model: a map from id to state, following the invariants.
-    #[tokio::test]
-    async fn behaves_like_its_model_across_a_crash() {
-        let path = temp();
-        let (j, recovered) = Journal::own(&path).await.expect("open");
-        assert_eq!(recovered, 0);
-        let mut model = std::collections::BTreeMap::new();
-        for n in 0..20 {
-            let id = j.insert(write(n)).await.expect("insert");
-            model.insert(id, State::Pending);
-        }
-        let ids: Vec<i64> = model.keys().copied().collect();
-        for (i, id) in ids.iter().enumerate() {
-            let to = match i % 4 {
-                0 => Some(State::Confirmed),
-                1 => Some(State::Rejected),
-                2 => Some(State::Unconfirmed),
-                _ => None, // still pending at the "crash"
-            };
-            if let Some(s) = to {
-                j.settle(*id, s, 1, None, Some(*id * 10), Some(1.0))
-                    .await
-                    .expect("settle");
-                model.insert(*id, s);
-            }
-        }
-        // A settled row never goes back: confirming a rejected row changes nothing.
-        j.settle(ids[1], State::Confirmed, 1, None, None, None)
-            .await
-            .expect("settle");
-        // While the owner lives, inspecting changes nothing and recovery does not run.
-        let inspector = Journal::open(&path).expect("inspect");
-        assert!(matches!(
-            inspector.recover_unowned().await.expect("recover"),
-            Recovery::Owned(_)
-        ));
-        assert_eq!(
-            inspector
-                .list(Some(State::Pending), vec![], 100)
-                .await
-                .expect("list")
-                .len(),
-            5,
-            "the owner's pending rows are untouched"
-        );
-        j.release().await.expect("release");
-        drop(j);
-        let j = Journal::open(&path).expect("reopen");
-        assert_eq!(
-            j.recover_unowned().await.expect("recover"),
-            Recovery::Recovered(5),
-            "pending rows found once no sidecar owns the journal"
-        );
-        for (id, s) in model.iter_mut() {
-            if *s == State::Pending {
-                *s = State::Unconfirmed;
-            }
-            assert_eq!(j.state_of(*id).await.expect("state"), Some(*s), "row {id}");
-        }
-        assert_eq!(j.backlog().await.expect("backlog"), 10);
-        let un = j
-            .list(Some(State::Unconfirmed), vec![], 100)
-            .await
-            .expect("list");
-        assert!(un.iter().all(|r| r.state == State::Unconfirmed));
-        assert!(un.iter().any(|r| {
-            r.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("stopped before"))
-        }));
-        // An unconfirmed row may become confirmed (replay).
-        j.settle(un[0].id, State::Confirmed, 1, None, Some(1), None)
-            .await
-            .expect("settle");
-        assert_eq!(
-            j.state_of(un[0].id).await.expect("state"),
-            Some(State::Confirmed)
-        );
-        // Pruning keeps the newest confirmed row and every other state.
-        let pruned = j
-            .prune(std::time::Duration::from_secs(3600), 1)
-            .await
-            .expect("prune");
-        assert_eq!(pruned, 5, "6 confirmed, keep 1");
-        assert_eq!(j.backlog().await.expect("backlog"), 9);
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[tokio::test]
-    async fn a_v1_file_is_migrated_and_the_file_is_private() {
-        let path = temp();
-        {
-            let c = Connection::open(&path).expect("v1");
-            c.execute_batch(
-                "CREATE TABLE writes (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,
-                 received_at TEXT NOT NULL, updated_at TEXT NOT NULL, credential TEXT NOT NULL,
-                 operation TEXT NOT NULL, target TEXT, path TEXT NOT NULL, body TEXT NOT NULL,
-                 state TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'rejected', 'unconfirmed')),
-                 attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, object_id INTEGER, test_case TEXT,
-                 build TEXT, verdict TEXT, filled TEXT, decision TEXT, latency_ms REAL);
-                 INSERT INTO writes (request_id, received_at, updated_at, credential, operation, path, body, state, build)
-                 VALUES ('r', 't', 't', 'fp', 'create', '/p', '{}', 'unconfirmed', 'old');",
-            )
-            .expect("v1 rows");
-        }
-        let j = Journal::open(&path).expect("migrated");
-        let rows = j.list(None, vec![], 10).await.expect("rows");
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].build.as_deref(), Some("old"));
-        assert_eq!(rows[0].rally_user, None);
-        let id = j
-            .record_refusal(write(1), "archived".into())
-            .await
-            .expect("refused rows fit the new schema");
-        assert_eq!(j.state_of(id).await.expect("state"), Some(State::Refused));
-        let secret = j.writer_secret();
-        drop(j);
-        assert_eq!(
-            Journal::open(&path).expect("again").writer_secret(),
-            secret,
-            "the writer secret is kept with the file"
-        );
-        let fresh = temp();
-        let _ = Journal::open(&fresh).expect("new file");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&fresh)
-                .expect("meta")
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600, "the journal is private to its owner");
-        }
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_file(&fresh);
-    }
-
-    #[tokio::test]
-    async fn a_batchs_rows_are_all_or_nothing() {
-        let j = Journal::open(&temp()).expect("open");
-        let ok = j
-            .begin_all(vec![write(1), write(2)])
-            .await
-            .expect("two rows");
-        assert_eq!(ok.len(), 2);
-        drop(ok);
-        // A failure on the second row (a trigger stands in for a full disk) fails them all.
-        j.with(|c| c.execute_batch("CREATE TRIGGER no_third BEFORE INSERT ON writes WHEN (SELECT COUNT(*) FROM writes) >= 3 BEGIN SELECT RAISE(ABORT, 'full'); END;"))
-            .await
-            .expect("trigger");
-        assert!(j.begin_all(vec![write(3), write(4)]).await.is_err());
-        assert_eq!(
-            j.list(None, vec![], 10).await.expect("rows").len(),
-            2,
-            "the batch that could not be recorded whole left no row"
-        );
-    }
-}
+mod tests;

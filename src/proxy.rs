@@ -43,7 +43,7 @@ pub struct Proxy {
     cfg: Arc<Config>,
     rally: Arc<Rally>,
     metrics: Arc<Metrics>,
-    interceptor: Interceptor,
+    interceptor: Arc<Interceptor>,
     /// The two byte counters, looked up once (a labelled lookup per request costs a hash and
     /// a lock).
     bytes_in: Counter,
@@ -55,7 +55,7 @@ impl Proxy {
         cfg: Arc<Config>,
         rally: Arc<Rally>,
         metrics: Arc<Metrics>,
-        interceptor: Interceptor,
+        interceptor: Arc<Interceptor>,
     ) -> Self {
         let bytes = |direction| {
             metrics
@@ -76,6 +76,11 @@ impl Proxy {
     /// The Rally client.
     pub fn rally(&self) -> &Arc<Rally> {
         &self.rally
+    }
+
+    /// The interception layer (the drain waits for its background read-backs).
+    pub fn interceptor(&self) -> &Arc<Interceptor> {
+        &self.interceptor
     }
 
     /// The token that makes held writes answer at once (cancelled near the shutdown deadline).
@@ -172,7 +177,10 @@ impl Proxy {
         let body = if incoming.is_end_stream() {
             incoming.map_err(crate::server::box_hyper).boxed_unsync()
         } else {
-            Counted::new(incoming, ctx.bytes_in.clone()).boxed_unsync()
+            // A streamed body may not stall longer than listen.body_read_timeout between chunks.
+            let paced =
+                crate::server::deadline::Paced::new(incoming, self.cfg.listen.body_read_timeout);
+            Counted::new(paced, ctx.bytes_in.clone()).boxed_unsync()
         };
         let sent = self
             .rally

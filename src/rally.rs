@@ -6,6 +6,7 @@
 //! credential and its fingerprint ([`credential`]), and what was last seen of Rally's health
 //! ([`health`]). The commands (`check`, `sweep`, `journal replay`) use it the same way.
 
+pub mod coalesce;
 pub mod connect;
 pub mod credential;
 pub mod governor;
@@ -144,6 +145,12 @@ impl Rally {
     /// Whether the credential's Rally user is known.
     pub fn knows_user(&self, cred: &Credential) -> bool {
         self.users.contains_key(cred.fingerprint())
+    }
+
+    /// The key a credential's requests are governed and coalesced under: its Rally user once
+    /// known, else the credential.
+    pub fn lane_key(&self, cred: &Credential) -> Arc<str> {
+        self.lane_of(cred.fingerprint())
     }
 
     /// The governor's key for a credential: its Rally user once known, else the credential.
@@ -344,7 +351,7 @@ impl Rally {
 /// the client, its lookups, and the operator's credential.
 pub struct Session {
     pub rally: Arc<Rally>,
-    pub lookups: lookups::Lookups,
+    pub lookups: Arc<lookups::Lookups>,
     pub cred: Credential,
     pub route: Route,
 }
@@ -381,7 +388,11 @@ impl Session {
             .credential(&operator.headers())
             .ok_or("the credential is empty")?;
         let rule_fields: Vec<String> = cfg.guard.rules.iter().map(|r| r.field.clone()).collect();
-        let lookups = lookups::Lookups::new(rally.clone(), &rule_fields, cfg.guard.cache_ttl);
+        let lookups = Arc::new(lookups::Lookups::new(
+            rally.clone(),
+            &rule_fields,
+            cfg.guard.cache_ttl,
+        ));
         Ok(Session {
             rally,
             lookups,

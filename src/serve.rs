@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::{config, intercept, journal, rally, server, tls};
+use crate::{intercept, journal, rally, server, tls};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -131,10 +131,20 @@ pub async fn run_with(
                 "writes left pending by an earlier run are marked unconfirmed; `rally-sidecar journal replay` re-sends them"
             );
         }
+        journal
+            .cap(config.journal.max_bytes)
+            .await
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        // The backlog is known before the sidecar reports ready; housekeeping keeps it current.
+        let backlog = journal.backlog().await.unwrap_or_default();
+        metrics.journal_backlog.set(backlog);
         readiness.set(
             "journal",
             true,
-            format!("open at {}", journal.path().display()),
+            format!(
+                "open at {}; backlog {backlog} (pending or unconfirmed)",
+                journal.path().display()
+            ),
         );
         Some(journal)
     } else {
@@ -151,18 +161,17 @@ pub async fn run_with(
     });
     readiness.set("upstream_tls", true, "upstream TLS configuration loaded");
     let rule_fields: Vec<String> = config.guard.rules.iter().map(|r| r.field.clone()).collect();
-    let lookups = Arc::new(rally::lookups::Lookups::new(
-        rally.clone(),
-        &rule_fields,
-        config.guard.cache_ttl,
-    ));
-    let interceptor = intercept::Interceptor::new(
+    let lookups = Arc::new(
+        rally::lookups::Lookups::new(rally.clone(), &rule_fields, config.guard.cache_ttl)
+            .remember_failures(config.guard.failure_cache_ttl),
+    );
+    let interceptor = Arc::new(intercept::Interceptor::new(
         config.clone(),
         lookups,
         context.clone(),
         metrics.clone(),
         journal.clone(),
-    );
+    ));
     let proxy_handle = Arc::new(Proxy::new(
         config.clone(),
         rally.clone(),
@@ -184,10 +193,15 @@ pub async fn run_with(
         context: context.clone(),
         journal: journal.clone(),
         health: health.clone(),
+        auth: crate::admin::auth::Guard::new(&config.admin),
         build_config: config.context.clone(),
     });
     let mut admin_opts = ServeOptions::plain("admin");
     admin_opts.grace = std::time::Duration::from_secs(1);
+    // Probes, Prometheus and a few operators: a small cap, so the admin port cannot be used to
+    // hold thousands of sockets.
+    admin_opts.max_connections = 256;
+    admin_opts.max_connections_per_peer = 64;
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
         admin_opts,
@@ -220,6 +234,10 @@ pub async fn run_with(
         header_read_timeout: config.listen.header_read_timeout,
         http2: config.listen.http2,
         max_connections: config.listen.max_connections,
+        max_connections_per_peer: config.listen.max_connections_per_peer,
+        idle_timeout: config.listen.idle_timeout,
+        http2_keep_alive_interval: config.listen.http2_keep_alive_interval,
+        http2_keep_alive_timeout: config.listen.http2_keep_alive_timeout,
         grace: config.shutdown_grace,
         name: "proxy",
     };
@@ -268,7 +286,7 @@ pub async fn run_with(
     let housekeeping = journal.clone().map(|j| {
         tokio::spawn(housekeeping(
             j,
-            config.journal.clone(),
+            config.clone(),
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),
@@ -289,7 +307,6 @@ pub async fn run_with(
         shutdown,
     )
     .await;
-    drain_flag.abort();
     watcher.abort();
     if let Some(h) = housekeeping {
         h.abort();
@@ -303,6 +320,17 @@ pub async fn run_with(
             "connections cut at the end of the shutdown grace period"
         );
     }
+    // Read-backs still going on behind answered clients (`confirm.hold = "ambiguous"`): they
+    // end by the give-up before the grace deadline, their rows settled.
+    let background = &proxy_handle.interceptor().background;
+    background.close();
+    if tokio::time::timeout(grace, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background read-backs still running at the end of the grace period");
+    }
+    drain_flag.abort();
     if let Some(h) = heart {
         h.abort();
     }
@@ -343,7 +371,6 @@ pub fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-/// Every 30 s: prune confirmed journal rows and publish the backlog (metric and /readyz note).
 /// Keeps the `upstream` line of `/readyz` current: failed while no connection to the upstream
 /// can be made (requests that fail to connect mark it), probed every second until it answers.
 async fn watch_upstream(
@@ -394,31 +421,57 @@ async fn heartbeat(journal: journal::Journal) {
     }
 }
 
+/// Every 2 s: keeps the journal under `journal.max_bytes` and says on `/readyz` whether it can
+/// take a row; every 30 s also prunes by age and count and publishes the backlog.
 async fn housekeeping(
     journal: journal::Journal,
-    cfg: config::JournalConfig,
+    cfg: Arc<Config>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        if let Err(e) = journal.prune(cfg.retention, cfg.max_confirmed).await {
-            tracing::warn!(error = %e, "journal pruning failed");
+    const TICK: std::time::Duration = std::time::Duration::from_secs(2);
+    const PRUNE_EVERY: u32 = 15;
+    let j = &cfg.journal;
+    let limits = journal::capacity::Limits {
+        max_bytes: j.max_bytes,
+        // A row holds one body and a few short fields.
+        row: cfg.intercept.max_body as u64 + 16 * 1024,
+    };
+    let mut backlog = None;
+    for tick in 0u32.. {
+        if tick % PRUNE_EVERY == 0 {
+            if let Err(e) = journal.prune(j.retention, j.max_confirmed).await {
+                tracing::warn!(error = %e, "journal pruning failed");
+            }
+            if let Err(e) = journal
+                .prune_rejected(j.rejected_retention, j.rejected_body_retention)
+                .await
+            {
+                tracing::warn!(error = %e, "journal pruning failed");
+            }
+            if let Ok(n) = journal.backlog().await {
+                metrics.journal_backlog.set(n);
+                backlog = Some(n);
+            }
         }
-        if let Ok(n) = journal.backlog().await {
-            metrics.journal_backlog.set(n);
-            readiness.set(
-                "journal",
-                true,
-                format!(
-                    "open at {}; backlog {n} (pending or unconfirmed)",
-                    journal.path().display()
-                ),
-            );
-        }
+        let (ok, room) = match journal.upkeep(limits).await {
+            Ok(h) => (h.ok, h.detail),
+            Err(e) => (false, format!("cannot check its size: {e}")),
+        };
+        readiness.set(
+            "journal",
+            ok,
+            format!(
+                "{}; open at {}; backlog {} (pending or unconfirmed)",
+                room,
+                journal.path().display(),
+                backlog.map_or("?".into(), |n| n.to_string())
+            ),
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(TICK) => {}
         }
     }
 }
@@ -430,9 +483,8 @@ async fn sweep_loop(
     every: std::time::Duration,
     shutdown: CancellationToken,
 ) {
-    let Some(key) = std::env::var("RALLY_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty())
+    let Some(key) = crate::rally::credential::Operator::from_env()
+        .and_then(|o| o.api_key().map(str::to_string))
     else {
         tracing::error!(
             "sweep.interval is set but RALLY_API_KEY is not: the periodic sweep is off"
@@ -468,4 +520,32 @@ async fn sweep_loop(
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
     }
+}
+
+/// `rally-sidecar serve`: the sidecar until a signal, then its drain.
+pub fn cli(args: crate::commands::ConfigArgs) -> u8 {
+    let cfg = match args.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Held until the process is done: dropping it writes the last batched access lines.
+    let _logs = crate::telemetry::logging::init(&cfg.log);
+    crate::commands::block_on(async move {
+        let listeners = match Listeners::bind(&cfg).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("rally-sidecar: {e}");
+                return 1;
+            }
+        };
+        let token = tokio_util::sync::CancellationToken::new();
+        cancel_on_signals(token.clone());
+        match run(cfg, listeners, token).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rally-sidecar: {e}");
+                1
+            }
+        }
+    })
 }

@@ -1,9 +1,11 @@
 //! The accept loop shared by the sidecar's listener, the admin listener and the simulator:
 //! plain TCP or TLS (rustls, ALPN h2/http1.1), HTTP/1.1 keep-alive and HTTP/2 through hyper-util's
 //! auto builder, a slowloris guard (`header_read_timeout`, which also ends idle keep-alive
-//! connections: hyper starts that timer whenever it waits for a request head), a connection cap,
-//! and graceful shutdown: stop accepting, let connections finish within the grace period, then
-//! cut what remains and say how much was cut.
+//! connections: hyper starts that timer whenever it waits for a request head), HTTP/2 keep-alive
+//! PINGs, an idle timeout for connections with no request in flight ([`conn`]: an HTTP/2 client
+//! that sends only its preface is reaped), a connection cap and a per-client-address cap
+//! ([`peers`]: one client cannot take every slot), and graceful shutdown: stop accepting, let
+//! connections finish within the grace period, then cut what remains and say how much was cut.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +22,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+mod conn;
+pub mod deadline;
+mod peers;
+
+use conn::{Activity, Drain};
 
 /// Errors crossing body and service boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,6 +99,12 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub http2: bool,
     pub max_connections: usize,
+    /// Connections one client IP address may hold at once.
+    pub max_connections_per_peer: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
     /// How long in-flight connections get after shutdown starts.
     pub grace: Duration,
     /// Name used in log lines ("proxy", "admin", "simulator").
@@ -104,6 +118,10 @@ impl ServeOptions {
             header_read_timeout: Duration::from_secs(30),
             http2: true,
             max_connections: 20_000,
+            max_connections_per_peer: 20_000,
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_timeout: Duration::from_secs(20),
             grace: Duration::from_secs(30),
             name,
         }
@@ -125,7 +143,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(opts.http2_keep_alive_interval)
+        .keep_alive_timeout(opts.http2_keep_alive_timeout);
     let builder = if opts.http2 {
         builder
     } else {
@@ -133,10 +155,10 @@ pub async fn serve(
     };
     let builder = Arc::new(builder);
     let acceptor = opts.tls.clone().map(TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let peers = Arc::new(peers::Peers::new(opts.max_connections_per_peer));
     let local = listener.local_addr().ok();
-    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
     loop {
         let permit = tokio::select! {
@@ -160,6 +182,10 @@ pub async fn serve(
                 }
             },
         };
+        let Some(seat) = peers.enter(peer.ip()) else {
+            tracing::debug!(listener = opts.name, peer = %peer, limit = opts.max_connections_per_peer, "closed: too many connections from this address");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let info = ConnInfo {
             peer,
@@ -170,15 +196,16 @@ pub async fn serve(
         let observer = observer.clone();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
         let name = opts.name;
         let handshake_timeout = opts.header_read_timeout;
-        let active = active.clone();
-        active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stop = shutdown.clone();
+        let idle = opts.idle_timeout;
+        let open = drain.enter();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, seat, open);
             observer.opened();
-            let svc = hyper::service::service_fn(move |req| handler.call(req, info));
+            let activity = Arc::new(Activity::default());
+            let svc = activity.clone().wrap(move |req| handler.call(req, info));
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -186,9 +213,9 @@ pub async fn serve(
                             let conn = builder
                                 .serve_connection(TokioIo::new(tls), svc)
                                 .into_owned();
-                            let fut: BoxFuture<Result<(), BoxError>> =
-                                Box::pin(watcher.watch(conn));
-                            let _ = fut.await;
+                            // Boxed: inline, the connection's state would enlarge every task,
+                            // even those still waiting for their first byte.
+                            Box::pin(conn::drive(conn, activity, stop, idle)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(listener = name, peer = %peer, error = %e, "TLS handshake failed")
@@ -208,9 +235,7 @@ pub async fn serve(
                             let conn = builder
                                 .serve_connection(TokioIo::new(stream), svc)
                                 .into_owned();
-                            let fut: BoxFuture<Result<(), BoxError>> =
-                                Box::pin(watcher.watch(conn));
-                            let _ = fut.await;
+                            Box::pin(conn::drive(conn, activity, stop, idle)).await;
                         }
                         _ => {
                             tracing::debug!(listener = name, peer = %peer, "closed: nothing received in time")
@@ -219,18 +244,17 @@ pub async fn serve(
                 }
             }
             observer.closed();
-            active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
     drop(listener);
-    let open = graceful.count();
+    let open = drain.open();
     if open > 0 {
         tracing::info!(listener = opts.name, open, grace = ?opts.grace, "draining connections");
     }
     tokio::select! {
-        _ = graceful.shutdown() => 0,
+        _ = drain.empty() => 0,
         _ = tokio::time::sleep(opts.grace) => {
-            let cut = active.load(std::sync::atomic::Ordering::SeqCst);
+            let cut = drain.open();
             tracing::warn!(listener = opts.name, cut, "shutdown grace period over: cutting connections still open");
             cut
         }

@@ -101,6 +101,7 @@ pub(crate) async fn one_write(
         build,
         status: 0,
         confirmed: None,
+        acknowledged_only: false,
         journal_id: None,
         error: None,
         transport_error: None,
@@ -123,7 +124,11 @@ pub(crate) async fn one_write(
             o.status = resp.status().as_u16();
             let h = resp.headers();
             let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-            o.confirmed = text("x-rally-sidecar-confirmed").map(|v| v == "true");
+            // `pending`: answered at Rally's acknowledgement (confirm.hold = ambiguous); the
+            // journal says later whether it was read back.
+            let confirmed = text("x-rally-sidecar-confirmed");
+            o.acknowledged_only = confirmed.as_deref() == Some("pending");
+            o.confirmed = confirmed.map(|v| v == "true" || v == "pending");
             o.journal_id = text("x-rally-sidecar-journal-id").and_then(|v| v.parse().ok());
             o.error = text("x-rally-sidecar-error");
             match resp.into_body().collect().await {
@@ -195,6 +200,9 @@ pub fn account(
         let state = o.journal_id.and_then(|id| journal.get(&id)).copied();
         match (o.confirmed, state) {
             (Some(true), Some(State::Confirmed)) if n == 1 => t.confirmed += 1,
+            (Some(true), Some(State::Unconfirmed)) if o.acknowledged_only && n <= 1 => {
+                t.acknowledged_unconfirmed += 1;
+            }
             (Some(false), Some(State::Unconfirmed)) if n <= 1 => {
                 t.unconfirmed_journaled += 1;
                 if n == 1 {
@@ -256,13 +264,16 @@ pub async fn replay_all(
             break;
         }
         let n = rows.len();
+        let began = Instant::now();
         let done = rally_sidecar::commands::journal::replay(cfg.clone(), j, rows, API_KEY).await?;
+        let elapsed_s = began.elapsed().as_secs_f64();
         let confirmed = done.iter().filter(|r| r.state == State::Confirmed).count();
         out.push(ReplayPass {
             rows: n,
             confirmed,
             adopted: done.iter().filter(|r| r.adopted).count(),
             still_unconfirmed: n - confirmed,
+            elapsed_s,
         });
     }
     Ok(out)

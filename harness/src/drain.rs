@@ -133,6 +133,9 @@ pub async fn drain_run(opts: DrainOptions) -> Result<DrainReport, String> {
         .env("RALLY_SIDECAR_SHUTDOWN_GRACE", &opts.grace)
         .env("RALLY_SIDECAR_LOG_FORMAT", "json")
         .env("RALLY_SIDECAR_LOG_LEVEL", "info")
+        // Every idle connection comes from 127.0.0.1: lift the per-address cap (1,000 by
+        // default) so that the idle-connections run measures 10,000 of them.
+        .env("RALLY_SIDECAR_LISTEN_MAX_CONNECTIONS_PER_PEER", "30000")
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

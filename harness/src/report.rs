@@ -20,8 +20,9 @@ pub fn summary(r: &SoakReport) -> String {
     );
     if !r.direct {
         out += &format!(
-            "confirmed {}, unconfirmed and journaled {} (of which stored anyway {}), rejected {}, **duplicates {}**, **lost {}**\n\n",
+            "confirmed {}, answered at the acknowledgement then not read back {}, unconfirmed and journaled {} (of which stored anyway {}), rejected {}, **duplicates {}**, **lost {}**\n\n",
             t.confirmed,
+            t.acknowledged_unconfirmed,
             t.unconfirmed_journaled,
             t.unconfirmed_but_stored,
             t.rejected,
@@ -73,12 +74,14 @@ pub(crate) fn replay_lines(passes: &[ReplayPass], end: Option<&Final>) -> String
     let mut out = String::new();
     for (i, p) in passes.iter().enumerate() {
         out += &format!(
-            "replay pass {}: {} rows, {} confirmed ({} found already stored), {} still unconfirmed\n",
+            "replay pass {}: {} rows, {} confirmed ({} found already stored), {} still unconfirmed, {:.1} s ({:.1} rows/s)\n",
             i + 1,
             p.rows,
             p.confirmed,
             p.adopted,
-            p.still_unconfirmed
+            p.still_unconfirmed,
+            p.elapsed_s,
+            p.rows as f64 / p.elapsed_s.max(0.001)
         );
     }
     if let Some(f) = end {

@@ -65,6 +65,8 @@ pub struct SoakOptions {
     pub progress: bool,
     /// Every `v2x_every`-th write goes to `/slm/webservice/v2.x` (0: none).
     pub v2x_every: usize,
+    /// `confirm.hold` for the sidecar: "readback" or "ambiguous".
+    pub hold: String,
 }
 
 impl SoakOptions {
@@ -81,6 +83,7 @@ impl SoakOptions {
             dir: dir.to_path_buf(),
             progress: false,
             v2x_every: 3,
+            hold: "readback".into(),
         }
     }
 }
@@ -90,8 +93,10 @@ impl SoakOptions {
 pub struct Outcome {
     pub build: String,
     pub status: u16,
-    /// `X-Rally-Sidecar-Confirmed`.
+    /// `X-Rally-Sidecar-Confirmed` (`pending` counts as told "stored").
     pub confirmed: Option<bool>,
+    /// Answered `pending`: at Rally's acknowledgement, before the read-back.
+    pub acknowledged_only: bool,
     /// `X-Rally-Sidecar-Journal-Id`.
     pub journal_id: Option<i64>,
     /// The first of the answer's `Errors`, or else `X-Rally-Sidecar-Error`.
@@ -109,6 +114,9 @@ pub struct Tally {
     pub writes: usize,
     /// Answered as confirmed, journaled as confirmed, stored exactly once.
     pub confirmed: usize,
+    /// Answered at Rally's acknowledgement (`confirm.hold = ambiguous`), then not read back:
+    /// journaled unconfirmed although the client was told it was stored.
+    pub acknowledged_unconfirmed: usize,
     /// Answered as unconfirmed (or with an error) and journaled as unconfirmed; stored at most
     /// once.
     pub unconfirmed_journaled: usize,
@@ -164,6 +172,8 @@ pub struct ReplayPass {
     /// Found already stored, by fingerprint (not written again).
     pub adopted: usize,
     pub still_unconfirmed: usize,
+    /// Seconds the pass took.
+    pub elapsed_s: f64,
 }
 
 /// After the replay: where every write ended.
@@ -264,7 +274,11 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport, String> {
     let sim = sim_handle.sim.clone();
     let upstream = sim_handle.base_url.clone();
     let journal = fresh_journal(&opts.dir, "soak").map_err(|e| e.to_string())?;
-    let cfg = sidecar_config(&upstream, &journal, &opts.readback_window)?;
+    let mut cfg = sidecar_config(&upstream, &journal, &opts.readback_window)?;
+    cfg.confirm.hold = match opts.hold.as_str() {
+        "ambiguous" => rally_sidecar::config::Hold::Ambiguous,
+        _ => rally_sidecar::config::Hold::Readback,
+    };
     let replay_cfg = Arc::new(cfg.clone());
 
     let began = Instant::now();

@@ -1,47 +1,51 @@
 //! `GET|PUT|DELETE /context`: the build context operators set for writes that carry no Build
-//! (docs/enrichment.md).
+//! (docs/enrichment.md). A change is answered with the entry it changed, not the whole map,
+//! and the map itself is bounded (`intercept::context::MAX_SCOPES`, `MAX_BUILD_LEN`).
+
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde_json::{Value, json};
 
 use super::{Admin, json_response};
-use crate::intercept::context::SetContext;
+use crate::intercept::context::{SetContext, scope_id};
 use crate::server::Body;
+
+/// Largest `PUT /context` body, and how long it may take to arrive.
+const MAX_BODY: usize = 64 * 1024;
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Admin {
     /// `GET|PUT|DELETE /context`: the build context (see docs/enrichment.md).
     pub(super) async fn context(&self, req: Request<Incoming>) -> Response<Body> {
-        use http_body_util::BodyExt;
-        let view = |v: &crate::intercept::context::ContextView| {
-            serde_json::to_value(v).unwrap_or_default()
+        let bad = |e: String| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": e, "expected": {"build": "2026.11.24-7", "workspace": "(optional) /workspace/<oid>", "project": "(optional) /project/<oid>"}}),
+            )
         };
         match *req.method() {
-            Method::GET => json_response(StatusCode::OK, &view(&self.context.view())),
+            Method::GET => json_response(
+                StatusCode::OK,
+                &serde_json::to_value(self.context.view()).unwrap_or_default(),
+            ),
             Method::PUT | Method::POST => {
-                let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => {
-                        return json_response(
-                            StatusCode::BAD_REQUEST,
-                            &serde_json::json!({"error": e.to_string()}),
-                        );
-                    }
+                let body = match read(req.into_body()).await {
+                    Ok(b) => b,
+                    Err(e) => return bad(e),
                 };
-                match serde_json::from_slice::<SetContext>(&body)
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| self.context.set(c))
-                {
-                    Ok(v) => {
-                        tracing::info!(context = ?v, "build context set");
-                        json_response(StatusCode::OK, &view(&v))
+                let set = match serde_json::from_slice::<SetContext>(&body) {
+                    Ok(c) => c,
+                    Err(e) => return bad(e.to_string()),
+                };
+                let entry = entry(&set);
+                match self.context.set(set) {
+                    Ok(_) => {
+                        tracing::info!(entry = %entry, "build context set");
+                        json_response(StatusCode::OK, &entry)
                     }
-                    Err(e) => json_response(
-                        StatusCode::BAD_REQUEST,
-                        &serde_json::json!({"error": e, "expected": {"build": "2026.11.24-7", "workspace": "(optional) /workspace/<oid>", "project": "(optional) /project/<oid>"}}),
-                    ),
+                    Err(e) => bad(e),
                 }
             }
             Method::DELETE => {
@@ -55,15 +59,44 @@ impl Admin {
                                 .into_owned()
                         })
                 };
-                let v = self
-                    .context
-                    .clear(param("workspace").as_deref(), param("project").as_deref());
-                json_response(StatusCode::OK, &view(&v))
+                let (workspace, project) = (param("workspace"), param("project"));
+                self.context.clear(workspace.as_deref(), project.as_deref());
+                let cleared = match (
+                    workspace.as_deref().and_then(scope_id),
+                    project.as_deref().and_then(scope_id),
+                ) {
+                    (Some(w), _) => json!({"workspace": w}),
+                    (_, Some(p)) => json!({"project": p}),
+                    _ => json!("everything"),
+                };
+                json_response(StatusCode::OK, &json!({ "cleared": cleared }))
             }
             _ => json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &serde_json::json!({"error": "use GET, PUT or DELETE"}),
+                &json!({"error": "use GET, PUT or DELETE"}),
             ),
         }
+    }
+}
+
+/// The entry a `PUT` sets, as it is stored (scope refs reduced to their ObjectIDs).
+fn entry(c: &SetContext) -> Value {
+    let mut v = json!({ "build": c.build });
+    if let Some(w) = c.workspace.as_deref().and_then(scope_id) {
+        v["workspace"] = json!(w);
+    }
+    if let Some(p) = c.project.as_deref().and_then(scope_id) {
+        v["project"] = json!(p);
+    }
+    v
+}
+
+async fn read(body: Incoming) -> Result<bytes::Bytes, String> {
+    use http_body_util::BodyExt;
+    let collect = http_body_util::Limited::new(body, MAX_BODY).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("the body did not arrive within {BODY_TIMEOUT:?}")),
     }
 }

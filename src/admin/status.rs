@@ -173,7 +173,7 @@ impl Admin {
             .and_then(|l| l.parse().ok())
             .unwrap_or(100usize)
             .min(10_000);
-        let (rows, counts) = match (j.list(state, vec![], limit).await, j.counts().await) {
+        let (rows, counts) = match (j.list_without_bodies(state, limit).await, j.counts().await) {
             (Ok(r), Ok(c)) => (r, c),
             (Err(e), _) | (_, Err(e)) => {
                 return json_response(

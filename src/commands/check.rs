@@ -403,36 +403,69 @@ async fn default_project(rally: &crate::rally::Session, user_oid: i64) -> Option
 
 /// The report as text.
 pub fn render(r: &Report) -> String {
-    let mut s = format!("upstream:   {} ({})\n", r.upstream, r.route);
+    // Names and texts from Rally are escaped: they cannot write to the operator's terminal.
+    use crate::telemetry::redact::escape_controls as esc;
+    let mut s = format!("upstream:   {} ({})\n", esc(&r.upstream), esc(&r.route));
     if let Some(u) = &r.user {
         s.push_str(&format!(
-            "credential: {} of {u} ({})\n",
-            r.key,
-            r.display_name.as_deref().unwrap_or("")
+            "credential: {} of {} ({})\n",
+            esc(&r.key),
+            esc(u),
+            esc(r.display_name.as_deref().unwrap_or(""))
         ));
     }
     if let Some(w) = &r.workspace {
         s.push_str(&format!(
-            "workspace:  {w} — role {}\n",
-            r.workspace_role.as_deref().unwrap_or("none")
+            "workspace:  {} — role {}\n",
+            esc(w),
+            esc(r.workspace_role.as_deref().unwrap_or("none"))
         ));
     }
     for p in &r.projects {
         s.push_str(&format!(
             "project:    {:<24} {:<7} role {:<10} {} — {}\n",
-            p.project,
-            p.state.as_deref().unwrap_or("?"),
-            p.role.as_deref().unwrap_or("none"),
+            esc(&p.project),
+            esc(p.state.as_deref().unwrap_or("?")),
+            esc(p.role.as_deref().unwrap_or("none")),
             if p.can_write {
                 "CAN write results"
             } else {
                 "CANNOT write results"
             },
-            p.why
+            esc(&p.why)
         ));
     }
     if let Some(problem) = &r.problem {
-        s.push_str(&format!("problem:    {problem}\n"));
+        s.push_str(&format!("problem:    {}\n", esc(problem)));
     }
     s
+}
+
+/// `rally-sidecar check`.
+pub fn cli(
+    serve: super::ConfigArgs,
+    workspace: Option<String>,
+    projects: Vec<String>,
+    json: bool,
+) -> u8 {
+    let cfg = match serve.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(cred) = Credential::from_env() else {
+        eprintln!("rally-sidecar check: set RALLY_API_KEY, or RALLY_USERNAME and RALLY_PASSWORD");
+        return super::EX_USAGE;
+    };
+    super::block_on(async move {
+        let report = run(&cfg, cred, workspace, projects).await;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            print!("{}", render(&report));
+        }
+        report.exit_code
+    })
 }

@@ -84,7 +84,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), S
   credentials: alice _sim_alice_key (Editor), bob _sim_bob_key (Viewer), dave _sim_dave_readonly (read-only key),
                carol@example.com / carol-pass (basic auth, Editor)
   writes:  results without Build/Date/Tester get them filled (build context: \"demo-build\"; change it with
-           curl -X PUT http://{admin}/context -d '{{\"build\": \"my-build\"}}'); TC90 is archived (c_Lifecycle)
+           curl -X PUT http://{admin}/context -H 'Content-Type: application/json' -d '{{\"build\": \"my-build\"}}');
+           TC90 is archived (c_Lifecycle)
            and TC91 is in a closed project: writes to them are refused. Journal: {journal}
   admin:   http://{admin}/healthz /readyz /metrics /context
   Ctrl-C stops both.",
@@ -96,4 +97,34 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), S
         .map_err(|e| e.to_string());
     sim.stop().await;
     result
+}
+
+/// `rally-sidecar demo` (and `cargo run` with nothing configured).
+pub fn cli(
+    listen: Option<std::net::SocketAddr>,
+    admin: Option<std::net::SocketAddr>,
+    dir: Option<std::path::PathBuf>,
+) -> u8 {
+    let mut opts = DemoOptions::default();
+    if let Some(l) = listen {
+        opts.listen = l;
+    }
+    if let Some(a) = admin {
+        opts.admin_listen = a;
+    }
+    if let Some(d) = dir {
+        opts.dir = d;
+    }
+    let _logs = super::human_logs();
+    super::block_on(async move {
+        let token = tokio_util::sync::CancellationToken::new();
+        crate::cancel_on_signals(token.clone());
+        match run(opts, token).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rally-sidecar demo: {e}");
+                1
+            }
+        }
+    })
 }

@@ -195,7 +195,10 @@ pub async fn replay(
         .owner(&ctx.cred)
         .await
         .map_err(|e| format!("Rally did not say whose key RALLY_API_KEY is ({e})"))?;
-    let at_once = cfg.upstream.max_concurrency_per_credential.max(1);
+    // Rows in flight: most of a row's time is spent waiting (backoff, read lag, the read-back
+    // window), holding no slot, so several rows per slot keep the user's budget busy; the
+    // governor still never lets more than the budget's requests reach Rally at once.
+    let at_once = cfg.upstream.max_concurrency_per_credential.max(1) * 8;
     let ctx = &ctx;
     let cfg = &cfg;
     // Rows for the same result (same fingerprint: the client sent it twice) go in separate
@@ -251,6 +254,21 @@ fn other_writer(row: &Row, operator_digest: &str, me: &User) -> Option<String> {
     })
 }
 
+/// The `workspace=` a stored path names, if any.
+fn workspace_of(path: &str) -> Option<String> {
+    let (_, q) = path.split_once('?')?;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        k.eq_ignore_ascii_case("workspace")
+            .then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .and_then(|v| crate::wsapi::scope_id(&v))
+    })
+}
+
 /// The fingerprint query of a row's result, if it can be built.
 fn fingerprint_of(row: &Row) -> Option<String> {
     let body: Value = serde_json::from_str(&row.body).ok()?;
@@ -291,8 +309,9 @@ async fn replay_row(
     );
     ctx.cred.apply(&mut headers);
     let up = RallyWrite {
-        lookups: &ctx.lookups,
-        cred: &ctx.cred,
+        lookups: ctx.lookups.clone(),
+        cred: ctx.cred.clone(),
+        conn: None,
         method: if row.operation == "update" {
             Method::POST
         } else {
@@ -301,6 +320,7 @@ async fn replay_row(
         uri,
         headers,
         body: bytes::Bytes::from(row.body.clone()),
+        workspace: workspace_of(&row.path),
         ctx: None,
     };
     let kind = if row.operation == "update" {
@@ -400,6 +420,128 @@ async fn replay_row(
         }
     };
     Ok(r)
+}
+
+/// `journal`'s subcommands.
+#[derive(clap::Subcommand)]
+pub enum JournalCommand {
+    /// List writes, newest first.
+    List {
+        #[command(flatten)]
+        serve: super::ConfigArgs,
+        /// Only writes in this state: pending, confirmed, rejected, unconfirmed.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-send unconfirmed writes with RALLY_API_KEY, each after a fingerprint check.
+    Replay {
+        #[command(flatten)]
+        serve: super::ConfigArgs,
+        /// Only these journal ids (default: every unconfirmed write).
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `rally-sidecar journal list|replay`.
+pub fn cli(action: JournalCommand) -> u8 {
+    use crate::journal::{Journal, State};
+    let (serve, state, limit, ids, json, replay) = match action {
+        JournalCommand::List {
+            serve,
+            state,
+            limit,
+            json,
+        } => (serve, state, limit, vec![], json, false),
+        JournalCommand::Replay { serve, ids, json } => (serve, None, 0, ids, json, true),
+    };
+    let cfg = match serve.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let state = match state.as_deref().map(|s| (s, State::parse(s))) {
+        None => None,
+        Some((_, Some(s))) => Some(s),
+        Some((s, None)) => {
+            eprintln!(
+                "rally-sidecar journal: --state {s:?} is not one of pending, confirmed, rejected, unconfirmed, refused"
+            );
+            return super::EX_USAGE;
+        }
+    };
+    let operator = crate::rally::credential::Operator::from_env();
+    let api_key = operator
+        .as_ref()
+        .and_then(|o| o.api_key())
+        .map(str::to_string);
+    if replay && api_key.is_none() {
+        eprintln!(
+            "rally-sidecar journal replay: set RALLY_API_KEY to a full-access API key of the user the results belong to"
+        );
+        return super::EX_USAGE;
+    }
+    super::block_on(async move {
+        // Opening to inspect or replay never changes a row by itself.
+        let j = match Journal::open(&cfg.journal.path) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("rally-sidecar journal: {e}");
+                return 1;
+            }
+        };
+        if !replay {
+            let rows = match j.list(state, ids, limit).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("rally-sidecar journal: {e}");
+                    return 1;
+                }
+            };
+            for r in &rows {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!("{}", render_row(r));
+                }
+            }
+            if !json {
+                eprintln!("{} row(s) from {}", rows.len(), cfg.journal.path.display());
+            }
+            return 0;
+        }
+        let key = api_key.unwrap_or_default();
+        match replay_journal(std::sync::Arc::new(cfg), &j, ids, &key).await {
+            Ok(report) => {
+                let (lines, summary) = render_replay(&report);
+                if json {
+                    for d in &report.rows {
+                        println!("{}", serde_json::to_string(d).unwrap_or_default());
+                    }
+                } else {
+                    print!("{lines}");
+                }
+                eprintln!("{summary}");
+                let done = report
+                    .rows
+                    .iter()
+                    .all(|d| d.skipped.is_none() && d.state == State::Confirmed);
+                if done { 0 } else { 2 }
+            }
+            Err(e) => {
+                eprintln!("rally-sidecar journal replay: {e}");
+                1
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -119,6 +119,60 @@ pub fn candidate_of(v: &Value) -> Option<Candidate> {
     })
 }
 
+/// `rally-sidecar sweep`.
+pub fn cli(serve: super::ConfigArgs, apply: bool, dry_run: bool, json: bool) -> u8 {
+    let cfg = match serve.load() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(key) = crate::rally::credential::Operator::from_env()
+        .and_then(|o| o.api_key().map(str::to_string))
+    else {
+        eprintln!(
+            "rally-sidecar sweep: set RALLY_API_KEY to a full-access API key that may edit the results"
+        );
+        return super::EX_USAGE;
+    };
+    let apply = (apply || cfg.sweep.apply) && !dry_run;
+    super::block_on(async move {
+        let journal = crate::journal::Journal::open(&cfg.journal.path).ok();
+        let cfg = std::sync::Arc::new(cfg);
+        match run(
+            cfg,
+            journal.as_ref(),
+            &key,
+            apply,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        {
+            Ok(report) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", render(&report));
+                }
+                if report
+                    .outcomes
+                    .iter()
+                    .any(|(_, o)| matches!(o, Outcome::Failed(_)))
+                {
+                    2
+                } else {
+                    0
+                }
+            }
+            Err(e) => {
+                eprintln!("rally-sidecar sweep: {e}");
+                1
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,14 +529,17 @@ pub fn render(r: &SweepReport) -> String {
             .find(|(o, _)| *o == a.object_id)
             .map(|(_, x)| x.to_string())
             .unwrap_or_else(|| "planned".into());
+        // Values from Rally are escaped: a Build cannot write to the operator's terminal.
+        use crate::telemetry::redact::escape_controls as esc;
         s.push_str(&format!(
-            "  {:>12}  tc={:<8} build={:<16} {} -> {}  dated {}  {outcome}\n",
+            "  {:>12}  tc={:<8} build={:<16} {} -> {}  dated {}  {}\n",
             a.object_id,
-            a.test_case.as_deref().unwrap_or("-"),
-            a.build.as_deref().unwrap_or("-"),
-            a.from,
-            a.to,
-            a.date
+            esc(a.test_case.as_deref().unwrap_or("-")),
+            esc(a.build.as_deref().unwrap_or("-")),
+            esc(&a.from),
+            esc(&a.to),
+            esc(&a.date),
+            esc(&outcome)
         ));
     }
     if !r.journal_reconfirmed.is_empty() {

@@ -27,7 +27,10 @@ pub fn apply_env(
             // The documented short form of RALLY_SIDECAR_CONTEXT_BUILD.
             rest = "context_build".into();
         }
-        let parsed = if value == "true" || value == "false" {
+        // A secret is text whatever it looks like: "0123…" must not become the number 123….
+        let parsed = if rest.ends_with("token") {
+            toml::Value::String(value.clone())
+        } else if value == "true" || value == "false" {
             toml::Value::Boolean(value == "true")
         } else if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
             value
@@ -88,7 +91,7 @@ pub fn known_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
     m.insert("journal", fields::<RawJournal>().to_vec());
     m.insert("scope", fields::<RawScope>().to_vec());
     m.insert("sweep", fields::<RawSweep>().to_vec());
-    m.insert("fleet", fields::<crate::fleet::config::RawFleet>().to_vec());
+    m.insert("fleet", fields::<super::fleet::RawFleet>().to_vec());
     m
 }
 

@@ -24,6 +24,11 @@ pub struct RawListen {
     pub header_read_timeout: Option<String>,
     pub http2: Option<bool>,
     pub max_connections: Option<u64>,
+    pub max_connections_per_peer: Option<u64>,
+    pub body_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub http2_keep_alive_interval: Option<String>,
+    pub http2_keep_alive_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -42,11 +47,30 @@ pub struct RawUpstream {
     pub queue_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
+/// The `[admin]` section as written. `Debug` hides the token.
+#[derive(Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub enable_shutdown: Option<bool>,
+    /// The token inline (meant for `RALLY_SIDECAR_ADMIN_TOKEN` from a Secret).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub require_token: Option<bool>,
+    pub allowed_hosts: Option<List>,
+}
+
+impl std::fmt::Debug for RawAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAdmin")
+            .field("listen", &self.listen)
+            .field("enable_shutdown", &self.enable_shutdown)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("require_token", &self.require_token)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -113,6 +137,7 @@ pub struct RawIntercept {
     pub max_body: Option<u64>,
     pub enrich_updates: Option<bool>,
     pub block_status: Option<u16>,
+    pub max_buffered: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -134,6 +159,7 @@ pub struct RawConfirm {
     pub readback_window: Option<String>,
     pub unconfirmed_status: Option<u16>,
     pub check_rollup: Option<bool>,
+    pub hold: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -160,6 +186,9 @@ pub struct RawJournal {
     pub path: Option<PathBuf>,
     pub retention: Option<String>,
     pub max_confirmed: Option<i64>,
+    pub max_bytes: Option<u64>,
+    pub rejected_retention: Option<String>,
+    pub rejected_body_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -176,6 +205,7 @@ pub struct RawGuard {
     pub cache_ttl: Option<String>,
     pub block_closed_projects: Option<bool>,
     pub on_lookup_error: Option<String>,
+    pub failure_cache_ttl: Option<String>,
     pub rule: Option<Vec<RawRule>>,
 }
 
@@ -195,7 +225,7 @@ pub struct RawConfig {
     pub journal: RawJournal,
     pub scope: RawScope,
     pub sweep: RawSweep,
-    pub fleet: crate::fleet::config::RawFleet,
+    pub fleet: super::fleet::RawFleet,
 }
 
 /// Sections the file may hold; anything else is an error naming the key.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::*;
 
-fn duration(
+pub(super) fn duration(
     key: &str,
     raw: Option<&str>,
     default: &str,
@@ -26,7 +26,7 @@ fn duration(
     }
 }
 
-fn socket_addr(key: &str, text: &str, errors: &mut Vec<ConfigError>) -> SocketAddr {
+pub(super) fn socket_addr(key: &str, text: &str, errors: &mut Vec<ConfigError>) -> SocketAddr {
     match text.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -39,7 +39,7 @@ fn socket_addr(key: &str, text: &str, errors: &mut Vec<ConfigError>) -> SocketAd
     }
 }
 
-fn existing_file(key: &str, path: &Option<PathBuf>, errors: &mut Vec<ConfigError>) {
+pub(super) fn existing_file(key: &str, path: &Option<PathBuf>, errors: &mut Vec<ConfigError>) {
     if let Some(p) = path
         && !p.is_file()
     {
@@ -77,59 +77,7 @@ impl Config {
         let mut errors = Vec::new();
         let e = &mut errors;
 
-        let tls_cert = ov.tls_cert.clone().or_else(|| raw.listen.tls_cert.clone());
-        let tls_key = ov.tls_key.clone().or_else(|| raw.listen.tls_key.clone());
-        existing_file("listen.tls_cert", &tls_cert, e);
-        existing_file("listen.tls_key", &tls_key, e);
-        let tls = match (tls_cert, tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            (Some(_), None) => {
-                e.push(ConfigError {
-                    key: "listen.tls_key".into(),
-                    message: "listen.tls_cert is set but listen.tls_key is not".into(),
-                });
-                None
-            }
-            (None, Some(_)) => {
-                e.push(ConfigError {
-                    key: "listen.tls_cert".into(),
-                    message: "listen.tls_key is set but listen.tls_cert is not".into(),
-                });
-                None
-            }
-        };
-        let default_listen = if tls.is_some() {
-            DEFAULT_LISTEN_TLS
-        } else {
-            DEFAULT_LISTEN_PLAIN
-        };
-        let listen_text = ov
-            .listen
-            .clone()
-            .or_else(|| raw.listen.addr.clone())
-            .unwrap_or_else(|| default_listen.into());
-        let listen = ListenConfig {
-            addr: socket_addr("listen.addr", &listen_text, e),
-            tls,
-            header_read_timeout: duration(
-                "listen.header_read_timeout",
-                raw.listen.header_read_timeout.as_deref(),
-                defaults::HEADER_READ_TIMEOUT,
-                e,
-            ),
-            http2: raw.listen.http2.unwrap_or(defaults::HTTP2),
-            max_connections: raw
-                .listen
-                .max_connections
-                .unwrap_or(defaults::MAX_CONNECTIONS) as usize,
-        };
-        if listen.max_connections == 0 {
-            e.push(ConfigError {
-                key: "listen.max_connections".into(),
-                message: "must be at least 1".into(),
-            });
-        }
+        let listen = super::listen::validate(raw, ov, e);
 
         let upstream_text = ov
             .upstream
@@ -208,18 +156,7 @@ impl Config {
             ),
         };
 
-        let admin_text = ov
-            .admin_listen
-            .clone()
-            .or_else(|| raw.admin.listen.clone())
-            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
-        let admin = AdminConfig {
-            listen: socket_addr("admin.listen", &admin_text, e),
-            enable_shutdown: raw
-                .admin
-                .enable_shutdown
-                .unwrap_or(defaults::ENABLE_SHUTDOWN),
-        };
+        let admin = super::admin::validate(raw, ov, e);
 
         let format = match raw.log.format.as_deref().unwrap_or(defaults::LOG_FORMAT) {
             "human" => LogFormat::Human,
@@ -289,7 +226,7 @@ impl Config {
                 .map(|i| duration("sweep.interval", Some(i), "1h", e)),
         };
 
-        let fleet = crate::fleet::config::validate(&raw.fleet, upstream.queue_timeout, e);
+        let fleet = super::fleet::validate(&raw.fleet, upstream.queue_timeout, e);
 
         if errors.is_empty() {
             Ok(Config {
@@ -391,11 +328,23 @@ fn validate_confirmation(
             http::StatusCode::OK
         }
     };
+    let hold = match c.hold.as_deref().unwrap_or(defaults::HOLD) {
+        "readback" => Hold::Readback,
+        "ambiguous" => Hold::Ambiguous,
+        other => {
+            e.push(ConfigError {
+                key: "confirm.hold".into(),
+                message: format!("{other:?} is not \"readback\" or \"ambiguous\""),
+            });
+            Hold::Readback
+        }
+    };
     let confirm = ConfirmConfig {
         enabled: c.enabled.unwrap_or(defaults::CONFIRM_ENABLED),
         policy,
         unconfirmed_status,
         check_rollup: c.check_rollup.unwrap_or(false),
+        hold,
     };
     let journal = JournalConfig {
         path: raw
@@ -410,7 +359,32 @@ fn validate_confirmation(
             e,
         ),
         max_confirmed: raw.journal.max_confirmed.unwrap_or(defaults::MAX_CONFIRMED),
+        max_bytes: raw.journal.max_bytes.unwrap_or(defaults::JOURNAL_MAX_BYTES),
+        rejected_retention: duration(
+            "journal.rejected_retention",
+            raw.journal.rejected_retention.as_deref(),
+            defaults::REJECTED_RETENTION,
+            e,
+        ),
+        rejected_body_retention: duration(
+            "journal.rejected_body_retention",
+            raw.journal.rejected_body_retention.as_deref(),
+            defaults::REJECTED_BODY_RETENTION,
+            e,
+        ),
     };
+    // A row holds at most one intercepted body; leave room for a few.
+    let max_body = raw.intercept.max_body.unwrap_or(defaults::MAX_BODY);
+    if journal.max_bytes < 4 * max_body {
+        e.push(ConfigError {
+            key: "journal.max_bytes".into(),
+            message: format!(
+                "{} bytes is too small: use at least 4 × intercept.max_body ({})",
+                journal.max_bytes,
+                4 * max_body
+            ),
+        });
+    }
     (confirm, journal)
 }
 
@@ -457,7 +431,17 @@ fn validate_interception(
             .enrich_updates
             .unwrap_or(defaults::ENRICH_UPDATES),
         block_status,
+        max_buffered: raw.intercept.max_buffered.unwrap_or(defaults::MAX_BUFFERED) as usize,
     };
+    if (intercept.max_buffered as u64) < max_body {
+        e.push(ConfigError {
+            key: "intercept.max_buffered".into(),
+            message: format!(
+                "{} bytes cannot hold even one body of intercept.max_body ({max_body})",
+                intercept.max_buffered
+            ),
+        });
+    }
     let build = raw
         .context
         .build
@@ -540,6 +524,12 @@ fn validate_interception(
             .block_closed_projects
             .unwrap_or(defaults::BLOCK_CLOSED_PROJECTS),
         on_lookup_error,
+        failure_cache_ttl: duration(
+            "guard.failure_cache_ttl",
+            raw.guard.failure_cache_ttl.as_deref(),
+            defaults::FAILURE_CACHE_TTL,
+            e,
+        ),
         rules,
     };
     (intercept, context, guard)

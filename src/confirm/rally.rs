@@ -19,14 +19,18 @@ const MAX_ANSWER: usize = 8 * 1024 * 1024;
 
 /// One write, ready to be sent again as often as needed.
 pub struct RallyWrite<'a> {
-    pub lookups: &'a Lookups,
-    pub cred: &'a Credential,
+    pub lookups: std::sync::Arc<Lookups>,
+    pub cred: Credential,
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// The client's request, when there is one: its connection (for `X-Forwarded-*`) and
-    /// where the time spent waiting on Rally is recorded.
+    /// The workspace the result is in, when known: its read-backs are then coalesced with
+    /// the user's others there.
+    pub workspace: Option<String>,
+    /// The client's connection, for `X-Forwarded-*`.
+    pub conn: Option<ConnInfo>,
+    /// The client's request while it waits: where the time spent on Rally is recorded.
     pub ctx: Option<&'a RequestCtx>,
 }
 
@@ -40,11 +44,15 @@ impl Upstream for RallyWrite<'_> {
         // The answer is parsed, so ask for it unencoded.
         req.headers_mut().remove(header::ACCEPT_ENCODING);
         let (parts, ()) = req.into_parts();
-        let conn: Option<&ConnInfo> = self.ctx.map(|c| &c.conn);
         let sent = self
             .lookups
             .rally()
-            .send_buffered(parts, self.body.clone(), conn, Priority::Normal)
+            .send_buffered(
+                parts,
+                self.body.clone(),
+                self.conn.as_ref(),
+                Priority::Normal,
+            )
             .await;
         match sent {
             Ok(sent) => {
@@ -94,11 +102,16 @@ impl Upstream for RallyWrite<'_> {
         }
     }
 
-    async fn read(&self, object_id: i64) -> ReadBack {
-        self.lookups.read_result(self.cred, object_id).await
+    async fn read(&self, object_id: i64, last: bool) -> ReadBack {
+        let coalesce = self.workspace.as_deref().filter(|_| !last);
+        self.lookups
+            .read_result(&self.cred, object_id, coalesce)
+            .await
     }
 
     async fn find(&self, query: &str) -> Result<Vec<i64>, String> {
-        self.lookups.find_results(self.cred, query).await
+        self.lookups
+            .find_results_in(&self.cred, query, self.workspace.as_deref())
+            .await
     }
 }

@@ -329,6 +329,7 @@ async fn decide_entry(
     let Decided {
         decision,
         formatted_id,
+        workspace,
     } = icpt.decide(w, op.label(), &fields, tc, enrich_it).await;
     let path = format!("{SERVICE_ROOT}{}", classify::entry_relative(raw_path));
     match decision {
@@ -367,6 +368,7 @@ async fn decide_entry(
                         .unwrap_or(http::Method::POST),
                     path,
                     formatted_id,
+                    workspace,
                 }),
             )))
         }
@@ -445,12 +447,14 @@ async fn confirm_entry(
             let up = Grouped::new(
                 first,
                 RallyWrite {
-                    lookups: &icpt.lookups,
-                    cred: w.cred,
+                    lookups: icpt.lookups.clone(),
+                    cred: w.cred.clone(),
+                    conn: Some(w.req.conn),
                     method: held.method.clone(),
                     uri,
                     headers,
                     body: held.body(),
+                    workspace: held.workspace.clone(),
                     ctx: Some(w.req),
                 },
             );

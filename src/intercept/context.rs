@@ -28,6 +28,11 @@ pub struct ContextView {
     pub projects: BTreeMap<String, String>,
 }
 
+/// Workspace and project entries the context holds at most, together, and the longest build
+/// it accepts (Rally's own limit on `Build`): the admin API cannot be used to grow memory.
+pub const MAX_SCOPES: usize = 1000;
+pub const MAX_BUILD_LEN: usize = 256;
+
 #[derive(Default)]
 pub struct BuildContext {
     state: RwLock<ContextView>,
@@ -40,6 +45,11 @@ impl BuildContext {
         if c.build.trim().is_empty() {
             return Err("build must not be empty".into());
         }
+        if c.build.chars().count() > MAX_BUILD_LEN || c.build.chars().any(char::is_control) {
+            return Err(format!(
+                "build must be at most {MAX_BUILD_LEN} characters, without control characters"
+            ));
+        }
         if c.workspace.is_some() && c.project.is_some() {
             return Err("give a workspace or a project, not both".into());
         }
@@ -47,13 +57,25 @@ impl BuildContext {
             .state
             .write()
             .map_err(|_| "context unavailable".to_string())?;
+        let full = st.workspaces.len() + st.projects.len() >= MAX_SCOPES;
+        let refuse_new = |known: bool| {
+            (full && !known).then(|| {
+                format!("the context holds {MAX_SCOPES} workspace and project builds already; DELETE some first")
+            })
+        };
         match (c.workspace.as_deref(), c.project.as_deref()) {
             (Some(w), _) => {
                 let id = scope_id(w).ok_or_else(|| format!("{w:?} is not a workspace ref"))?;
+                if let Some(e) = refuse_new(st.workspaces.contains_key(&id)) {
+                    return Err(e);
+                }
                 st.workspaces.insert(id, c.build);
             }
             (_, Some(p)) => {
                 let id = scope_id(p).ok_or_else(|| format!("{p:?} is not a project ref"))?;
+                if let Some(e) = refuse_new(st.projects.contains_key(&id)) {
+                    return Err(e);
+                }
                 st.projects.insert(id, c.build);
             }
             _ => st.build = Some(c.build),

@@ -33,6 +33,8 @@ pub struct Decided {
     pub decision: Decision,
     /// The test case's FormattedID (`TC4`), when the guard read it.
     pub formatted_id: Option<String>,
+    /// The workspace the result goes to: the request's `workspace=`, else the test case's.
+    pub workspace: Option<String>,
 }
 
 impl Decision {
@@ -47,6 +49,13 @@ impl Decision {
             Decision::Forward { .. } => "shadow-allowed".into(),
         }
     }
+}
+
+/// What the guard's lookup said about the target, for the journal and the read-backs.
+#[derive(Default)]
+struct Found {
+    formatted_id: Option<String>,
+    workspace: Option<String>,
 }
 
 fn ref_id(v: Option<&Value>) -> Option<String> {
@@ -81,14 +90,15 @@ impl Interceptor {
         test_case: Option<String>,
         enrich_it: bool,
     ) -> Decided {
-        let mut formatted_id = None;
+        let mut found = Found::default();
         let decision = self
-            .decide_uncounted(w, fields, test_case, enrich_it, &mut formatted_id)
+            .decide_uncounted(w, fields, test_case, enrich_it, &mut found)
             .await;
         self.count(operation, &decision);
         Decided {
             decision,
-            formatted_id,
+            formatted_id: found.formatted_id,
+            workspace: found.workspace.or_else(|| w.scope.workspace.clone()),
         }
     }
 
@@ -98,7 +108,7 @@ impl Interceptor {
         fields: &Map<String, Value>,
         test_case: Option<String>,
         enrich_it: bool,
-        formatted_id: &mut Option<String>,
+        found: &mut Found,
     ) -> Decision {
         let mut scope = w.scope.clone();
         let mut decision = "allowed";
@@ -107,10 +117,11 @@ impl Interceptor {
             if let guard::Lookup::Found(tc) = &lookup {
                 scope.project = ref_id(tc.get("Project")).or(scope.project);
                 scope.workspace = scope.workspace.or_else(|| ref_id(tc.get("Workspace")));
-                *formatted_id = tc
+                found.formatted_id = tc
                     .get("FormattedID")
                     .and_then(Value::as_str)
                     .map(str::to_string);
+                found.workspace = scope.workspace.clone();
             }
             match guard::decide(id, &lookup, &self.cfg.guard) {
                 Verdict::Allow => {}

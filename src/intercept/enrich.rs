@@ -144,7 +144,7 @@ pub fn no_build_message(build_env: &[String]) -> String {
     format!(
         "rally-sidecar: TestCaseResult.Build is missing and no build is known; result not written. \
          Send Build in the result, or an X-Rally-Build header, or set one for all writes with \
-         `curl -X PUT http://<admin>/context -d '{{\"build\": \"...\"}}'`, or set context.build \
+         `curl -X PUT http://<admin>/context -H 'Content-Type: application/json' -d '{{\"build\": \"...\"}}'`, or set context.build \
          (RALLY_SIDECAR_BUILD), or run the sidecar where one of these CI variables is set: {}",
         build_env.join(", ")
     )

@@ -158,6 +158,7 @@ mod tests {
             cache_ttl: std::time::Duration::from_secs(30),
             block_closed_projects: true,
             on_lookup_error: OnLookupError::Forward,
+            failure_cache_ttl: std::time::Duration::from_secs(5),
             rules: vec![GuardRule {
                 field: "c_Lifecycle".into(),
                 values: vec!["Archived".into(), "Deprecated".into()],

@@ -33,6 +33,8 @@ pub struct Held {
     pub path: String,
     /// The target test case's FormattedID, when the guard read it.
     pub formatted_id: Option<String>,
+    /// The workspace the result goes to, when known (read-backs are coalesced there).
+    pub workspace: Option<String>,
 }
 
 impl Held {
@@ -122,8 +124,8 @@ impl<U: Upstream> Upstream for Grouped<U> {
             None => self.alone.submit().await,
         }
     }
-    async fn read(&self, object_id: i64) -> ReadBack {
-        self.alone.read(object_id).await
+    async fn read(&self, object_id: i64, last: bool) -> ReadBack {
+        self.alone.read(object_id, last).await
     }
     async fn find(&self, query: &str) -> Result<Vec<i64>, String> {
         self.alone.find(query).await
@@ -176,8 +178,21 @@ impl Interceptor {
         pending: Pending,
         started: Instant,
     ) -> Fate {
+        self.confirm_telling(up, held, pending, started, None).await
+    }
+
+    /// [`Interceptor::confirm`], telling `acknowledged` of a clean acknowledgement as soon as
+    /// Rally gives one (`confirm.hold = "ambiguous"`).
+    pub(super) async fn confirm_telling<U: Upstream>(
+        &self,
+        up: &U,
+        held: &Held,
+        pending: Pending,
+        started: Instant,
+        acknowledged: Option<tokio::sync::oneshot::Sender<RawAnswer>>,
+    ) -> Fate {
         let give_up = self.give_up.clone();
-        let fate = confirm::confirm(
+        let fate = confirm::confirm_with(
             up,
             held.kind,
             false,
@@ -185,6 +200,7 @@ impl Interceptor {
             &self.cfg.confirm.policy,
             rand::random::<f64>,
             async move { give_up.cancelled().await },
+            acknowledged,
         )
         .await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;

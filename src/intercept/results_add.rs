@@ -63,6 +63,7 @@ pub async fn decide_items(
         let Decided {
             decision,
             formatted_id,
+            workspace,
         } = icpt
             .decide(w, "results_add", fields, Some(test_case.to_string()), true)
             .await;
@@ -114,6 +115,7 @@ pub async fn decide_items(
                         method: http::Method::PUT,
                         path: create_path.clone(),
                         formatted_id,
+                        workspace,
                     },
                 ));
                 group.out.push(Value::Object(fields));
@@ -320,12 +322,14 @@ pub async fn confirm_items(
             let up = Grouped::new(
                 first,
                 RallyWrite {
-                    lookups: &icpt.lookups,
-                    cred: w.cred,
+                    lookups: icpt.lookups.clone(),
+                    cred: w.cred.clone(),
+                    conn: Some(w.req.conn),
                     method: http::Method::PUT,
                     uri: uri.clone(),
                     headers: headers.clone(),
                     body: h.body(),
+                    workspace: h.workspace.clone(),
                     ctx: Some(w.req),
                 },
             );

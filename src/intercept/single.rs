@@ -2,6 +2,7 @@
 //! enrichment), then refused with a Rally-shaped answer, or sent — held until confirmed when
 //! the journal is on, forwarded as any request otherwise. In shadow mode the original goes out.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use super::classify::Operation;
 use super::decide::{Decided, Decision};
 use super::hold::{Held, Record};
 use super::{Interceptor, Outcome, WriteCtx, answer, envelope};
+use crate::config::Hold;
 use crate::confirm::rally::RallyWrite;
 use crate::confirm::{Fate, Kind};
 use crate::error::ProxyError;
@@ -19,7 +21,7 @@ use crate::wsapi::headers;
 
 /// Handles `POST|PUT /testcaseresult/create` and `POST|PUT /testcaseresult/<id>`.
 pub async fn handle(
-    icpt: &Interceptor,
+    icpt: &Arc<Interceptor>,
     w: &WriteCtx<'_>,
     op: &Operation,
     parts: http::request::Parts,
@@ -39,6 +41,7 @@ pub async fn handle(
     let Decided {
         decision,
         formatted_id,
+        workspace,
     } = icpt
         .decide(w, op.label(), &fields, test_case, enrich_it)
         .await;
@@ -93,6 +96,7 @@ pub async fn handle(
         method: parts.method.clone(),
         path,
         formatted_id,
+        workspace,
     };
     if icpt.holding().is_none() {
         let headers = answer::decoration(&held.filled, held.decision);
@@ -107,7 +111,7 @@ pub async fn handle(
 
 /// Records the write, drives it to its fate, settles the journal and answers.
 async fn hold(
-    icpt: &Interceptor,
+    icpt: &Arc<Interceptor>,
     w: &WriteCtx<'_>,
     held: Held,
     parts: http::request::Parts,
@@ -122,13 +126,18 @@ async fn hold(
         ))
     })?;
     let id = pending.id();
+    if icpt.cfg.confirm.hold == Hold::Ambiguous && held.kind == Kind::Create {
+        return hold_ambiguous(icpt, w, held, parts, pending, started).await;
+    }
     let up = RallyWrite {
-        lookups: &icpt.lookups,
-        cred: w.cred,
+        lookups: icpt.lookups.clone(),
+        cred: w.cred.clone(),
+        conn: Some(w.req.conn),
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
         body: held.body(),
+        workspace: held.workspace.clone(),
         ctx: Some(w.req),
     };
     let fate = icpt.confirm(&up, &held, pending, started).await;
@@ -169,6 +178,69 @@ async fn hold(
     answer::set(&mut resp, headers::ATTEMPTS, &attempts.to_string());
     answer::set(&mut resp, headers::JOURNAL_ID, &id.to_string());
     answer::decorate(&mut resp, &held.filled, held.decision);
+    Ok(resp)
+}
+
+/// `confirm.hold = "ambiguous"`: the write goes to its fate in the background; the client is
+/// answered at Rally's first clean acknowledgement, or with the fate when there is none (an
+/// ambiguous outcome holds it as in `readback` mode).
+async fn hold_ambiguous(
+    icpt: &Arc<Interceptor>,
+    w: &WriteCtx<'_>,
+    held: Held,
+    parts: http::request::Parts,
+    pending: crate::journal::Pending,
+    started: Instant,
+) -> Result<Response<Body>, ProxyError> {
+    let id = pending.id();
+    let (filled, decision, expected) = (held.filled.clone(), held.decision, held.expected());
+    let up = RallyWrite {
+        lookups: icpt.lookups.clone(),
+        cred: w.cred.clone(),
+        conn: Some(w.req.conn),
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body: held.body(),
+        workspace: held.workspace.clone(),
+        ctx: None,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let bg = icpt.clone();
+    let task = icpt.background.spawn(async move {
+        let fate = bg.confirm_telling(&up, &held, pending, started, Some(tx)).await;
+        if !matches!(fate, Fate::Confirmed { .. }) {
+            tracing::warn!(
+                journal_id = id,
+                "a write answered at Rally's acknowledgement (confirm.hold = ambiguous) was not read back; it is journaled unconfirmed"
+            );
+        }
+        fate
+    });
+    let origin = w.req.client_origin.as_deref();
+    let (mut resp, confirmed, attempts) = match rx.await {
+        Ok(raw) => (answer::relay(icpt, raw, origin), "pending", 1),
+        Err(_) => {
+            let fate = task.await.map_err(|e| {
+                ProxyError::Overloaded(format!("the held write's task failed: {e}"))
+            })?;
+            let confirmed = if matches!(fate, Fate::Confirmed { .. }) {
+                "true"
+            } else {
+                "false"
+            };
+            let attempts = fate.attempts();
+            (
+                answer::single(icpt, w.kind, fate, &expected, origin),
+                confirmed,
+                attempts,
+            )
+        }
+    };
+    answer::set(&mut resp, headers::CONFIRMED, confirmed);
+    answer::set(&mut resp, headers::ATTEMPTS, &attempts.to_string());
+    answer::set(&mut resp, headers::JOURNAL_ID, &id.to_string());
+    answer::decorate(&mut resp, &filled, decision);
     Ok(resp)
 }
 

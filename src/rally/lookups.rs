@@ -3,7 +3,10 @@
 //! fingerprint and test case for `guard.cache_ttl`, concurrent misses coalesced into one read),
 //! the credential's owner for Tester (cached per fingerprint), a result's current TestCase for
 //! updates, and — for confirmation — a result read back by ObjectID and results searched by
-//! fingerprint. Failed reads are never cached.
+//! fingerprint. A failed read (Rally unreachable, a timeout, the credential refused) is not
+//! cached as an answer, but remembered briefly for its credential (`guard.failure_cache_ttl`):
+//! meanwhile that credential's guard, owner and update-target lookups fail at once, so a batch
+//! of 500 results under a bogus key costs one upstream read, not a thousand.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +24,14 @@ use crate::wsapi::{parse_ref, scope_id};
 /// Reads made on behalf of callers, with their caches.
 pub struct Lookups {
     rally: Arc<Rally>,
+    reads: Arc<super::coalesce::Coalescer>,
     /// Attributes of TestCase the guard needs (rule fields included).
     fetch: String,
     test_cases: Cache<(String, String), Arc<Lookup>>,
     owners: Cache<String, Arc<User>>,
-    /// Credentials Rally would not name a user for, remembered briefly so that a bogus key
-    /// does not make every request cost another read.
-    unknown: Cache<String, Arc<String>>,
+    /// Credentials (by fingerprint) whose last lookup failed, and why: remembered briefly
+    /// (`guard.failure_cache_ttl`) so that a bogus key does not make every request cost reads.
+    failures: Cache<String, Arc<String>>,
 }
 
 /// A Rally user, as the sidecar names writers.
@@ -76,6 +80,7 @@ impl Lookups {
             }
         }
         Lookups {
+            reads: super::coalesce::Coalescer::new(rally.clone()),
             rally,
             fetch: fields.join(","),
             test_cases: Cache::builder()
@@ -86,11 +91,28 @@ impl Lookups {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
-            unknown: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(30))
-                .build(),
+            failures: failure_cache(Duration::from_secs(5)),
         }
+    }
+
+    /// Remembers a credential's failed lookup for `ttl` (zero: not at all).
+    pub fn remember_failures(mut self, ttl: Duration) -> Lookups {
+        self.failures = failure_cache(ttl);
+        self
+    }
+
+    /// Why this credential's lookups fail at the moment, if they do.
+    async fn failing(&self, cred: &Credential) -> Option<String> {
+        self.failures
+            .get(cred.fingerprint())
+            .await
+            .map(|e| format!("{e} (a lookup with this credential failed moments ago)"))
+    }
+
+    async fn failed(&self, cred: &Credential, error: &str) {
+        self.failures
+            .insert(cred.fingerprint().to_string(), Arc::new(error.to_string()))
+            .await;
     }
 
     /// The client these reads go through.
@@ -154,6 +176,9 @@ impl Lookups {
 
     /// The TestCase a write targets, as the caller sees it.
     pub async fn test_case(&self, cred: &Credential, id: &str) -> Lookup {
+        if let Some(e) = self.failing(cred).await {
+            return Lookup::Failed(e);
+        }
         let key = (cred.fingerprint().to_string(), id.to_string());
         match self
             .test_cases
@@ -161,22 +186,25 @@ impl Lookups {
             .await
         {
             Ok(found) => (*found).clone(),
-            Err(e) => Lookup::Failed((*e).clone()),
+            Err(e) => {
+                self.failed(cred, &e).await;
+                Lookup::Failed((*e).clone())
+            }
         }
     }
 
-    /// Whether Rally recently would not name this credential's user: [`Lookups::owner`] would
+    /// Whether a lookup with this credential failed moments ago: [`Lookups::owner`] would
     /// answer from that memory, so there is no point in asking it again yet.
     pub fn owner_unknown(&self, cred: &Credential) -> bool {
-        self.unknown.contains_key(cred.fingerprint())
+        self.failures.contains_key(cred.fingerprint())
     }
 
     /// The caller's Rally user (cached per credential): the Tester a result gets when it
     /// names none, and who the journal says wrote it. Once known, the credential's requests
     /// count against that user's slots (Rally's cap is per user, whatever the key).
     pub async fn owner(&self, cred: &Credential) -> Result<User, String> {
-        if let Some(why) = self.unknown.get(cred.fingerprint()).await {
-            return Err((*why).clone());
+        if let Some(e) = self.failing(cred).await {
+            return Err(e);
         }
         let fetch = async {
             let (status, json) = self
@@ -205,9 +233,7 @@ impl Lookups {
         {
             Ok(u) => (*u).clone(),
             Err(e) => {
-                self.unknown
-                    .insert(cred.fingerprint().to_string(), e.clone())
-                    .await;
+                self.failed(cred, &e).await;
                 return Err((*e).clone());
             }
         };
@@ -217,18 +243,36 @@ impl Lookups {
 
     /// The TestCase id a stored result belongs to (for the guard on updates).
     pub async fn result_test_case(&self, cred: &Credential, result_id: &str) -> Option<String> {
-        let (_, json) = self
+        if self.failing(cred).await.is_some() {
+            return None;
+        }
+        let (_, json) = match self
             .get_json(cred, &format!("testcaseresult/{result_id}?fetch=TestCase"))
             .await
-            .ok()?;
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.failed(cred, &e.to_string()).await;
+                return None;
+            }
+        };
         json.get("TestCaseResult")
             .and_then(|r| r.get("TestCase"))
             .and_then(parse_ref)
             .map(|(_, id)| id)
     }
 
-    /// A stored result, read back by ObjectID (a follow-up of a write already sent).
-    pub async fn read_result(&self, cred: &Credential, object_id: i64) -> ReadBack {
+    /// A stored result read back (a follow-up of a write already sent): with the next coalesced
+    /// round of its user's read-backs in `workspace` when one is given, else by ObjectID.
+    pub async fn read_result(
+        &self,
+        cred: &Credential,
+        object_id: i64,
+        workspace: Option<&str>,
+    ) -> ReadBack {
+        if let Some(ws) = workspace {
+            return self.reads.read(cred, ws, object_id).await;
+        }
         let path = format!("testcaseresult/{object_id}?fetch=TestCase,Build,Date,Verdict,Tester");
         match self.rally.get_json(cred, &path, Priority::FollowUp).await {
             Ok((_, json)) => match json.get("TestCaseResult").and_then(Value::as_object) {
@@ -248,12 +292,27 @@ impl Lookups {
     /// The ObjectIDs of the results a query finds (a fingerprint search of a write already
     /// sent).
     pub async fn find_results(&self, cred: &Credential, query: &str) -> Result<Vec<i64>, String> {
+        self.find_results_in(cred, query, None).await
+    }
+
+    /// [`Lookups::find_results`] over the whole of `workspace` when it is known (a query
+    /// without one searches the user's default workspace only, and would miss a result written
+    /// to another — then write it twice).
+    pub async fn find_results_in(
+        &self,
+        cred: &Credential,
+        query: &str,
+        workspace: Option<&str>,
+    ) -> Result<Vec<i64>, String> {
         let q = percent_encoding::utf8_percent_encode(query, percent_encoding::NON_ALPHANUMERIC);
+        let scope = workspace
+            .map(|w| format!("&workspace=/workspace/{w}&project=null"))
+            .unwrap_or_default();
         let (status, json) = self
             .rally
             .get_json(
                 cred,
-                &format!("testcaseresult?query={q}&fetch=ObjectID&pagesize=200"),
+                &format!("testcaseresult?query={q}&fetch=ObjectID&pagesize=200{scope}"),
                 Priority::FollowUp,
             )
             .await
@@ -277,6 +336,13 @@ impl Lookups {
             })
             .unwrap_or_default())
     }
+}
+
+fn failure_cache(ttl: Duration) -> Cache<String, Arc<String>> {
+    Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(ttl.max(Duration::from_millis(1)))
+        .build()
 }
 
 /// The first entry of the first root value's `Errors`.

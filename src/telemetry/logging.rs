@@ -1,6 +1,8 @@
 //! Log set-up: tracing with a human or JSON format; `RUST_LOG` wins over `log.level`.
 //! Nothing logs a credential: request paths go through [`crate::telemetry::redact`] and no code logs
-//! request headers or bodies.
+//! request headers or bodies. Field values and messages carry text from clients and from Rally:
+//! the JSON format escapes control characters as JSON does, and the human format writes them
+//! through [`redact::escape_controls`], so one event is always one line.
 //!
 //! Lines go to stderr through [`sink`]: access lines in batches (at most [`sink::INTERVAL`]
 //! late, all written when the process stops cleanly — keep the [`LogGuard`] that [`init`]
@@ -20,7 +22,11 @@ use std::sync::LazyLock;
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::FormatFields;
+
 use crate::config::{LogColor, LogConfig, LogFormat};
+use crate::telemetry::redact;
 use sink::{LineWriter, Sink};
 
 /// The process's stderr, batched.
@@ -108,6 +114,7 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
                 std::io::stderr().is_terminal(),
                 no_color,
             ))
+            .fmt_fields(escaping_fields())
             .event_format(access::Fast {
                 inner: tracing_subscriber::fmt::format(),
                 json: false,
@@ -117,9 +124,58 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     LogGuard(())
 }
 
+/// The human format's fields: `message name=value ...`, each value's control characters escaped.
+pub fn escaping_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = redact::escape_controls(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_newline_in_a_value_cannot_forge_a_human_log_line() {
+        let buf = Buffer::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || buf.clone())
+            .fmt_fields(escaping_fields())
+            .finish();
+        let forged = "b1\n2026-01-01T00:00:00Z  INFO rally_sidecar: forged";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(build = %forged, test_case = "TC1\r\u{1b}[2J", "filled {}", forged);
+        });
+        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(text.matches('\n').count(), 1, "one event, one line: {text}");
+        assert!(text.contains("build=b1\\n2026-01-01T00:00:00Z"), "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    }
 
     #[test]
     fn auto_colours_only_a_terminal_without_no_color() {

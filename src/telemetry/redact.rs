@@ -1,9 +1,12 @@
-//! Credential redaction for everything the sidecar logs.
+//! What may reach a log line or a terminal: credentials redacted, control characters escaped.
 //!
 //! Credentials travel in `Authorization`, `ZSESSIONID` (header and cookie), `JSESSIONID` and other
 //! cookies, and the `key=` security token in the query string. Logs only ever see request paths
 //! through [`path_and_query`] and header values through [`header_value`]; nothing else about a
-//! request is logged.
+//! request is logged. Values that come from clients or from Rally (a Build, a test case, Rally's
+//! error text) go through [`escape_controls`] wherever they are printed for people — the human
+//! log format, `journal list`, `sweep`, `check` — so a newline cannot forge a log line and an
+//! escape sequence cannot drive the operator's terminal.
 
 use std::borrow::Cow;
 
@@ -78,22 +81,42 @@ pub fn header_value<'a>(name: &str, value: &'a str) -> Cow<'a, str> {
     Cow::Borrowed(value)
 }
 
-/// Escapes control characters (newlines, escape sequences) in text a client or Rally
-/// controls, before it reaches a log line or a terminal: a Build with a newline must not forge
-/// a line, and an escape sequence must not drive the operator's terminal.
-pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
+/// `text` with control characters (C0, DEL, C1: newlines, escape sequences), line and paragraph
+/// separators and bidi overrides written as escapes — `\n`, `\r`, `\t`, `\u{1b}` — before it
+/// reaches a log line or a terminal. Everything else is kept.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
+    push_escaped_controls(&mut out, text);
+    Cow::Owned(out)
+}
+
+/// Appends `text` to `out` escaped as [`escape_controls`] escapes it (the access line is
+/// written this way, without a string of its own per field).
+pub fn push_escaped_controls(out: &mut String, text: &str) {
+    if !text.chars().any(unsafe_char) {
+        out.push_str(text);
+        return;
+    }
     for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
         }
     }
-    std::borrow::Cow::Owned(out)
+}
+
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -112,6 +135,22 @@ mod tests {
         assert_eq!(path_and_query("/x?%6Bey=s3cret"), "/x?%6Bey=[redacted]");
         assert_eq!(path_and_query("/x?monkey=1"), "/x?monkey=1");
         assert_eq!(path_and_query("/x"), "/x");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            escape_controls("2026.11.24-7 Größe ✓"),
+            "2026.11.24-7 Größe ✓"
+        );
+        assert_eq!(
+            escape_controls("b1\n2026-01-01T00:00:00Z  INFO forged"),
+            "b1\\n2026-01-01T00:00:00Z  INFO forged"
+        );
+        assert_eq!(
+            escape_controls("\u{1b}[31mred\u{1b}[0m\r\t\u{7f}\u{9b}\u{202e}"),
+            "\\u{1b}[31mred\\u{1b}[0m\\r\\t\\u{7f}\\u{9b}\\u{202e}"
+        );
     }
 
     #[test]

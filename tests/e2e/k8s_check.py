@@ -33,7 +33,13 @@ tests = dep["containers"][0]
 check({"name": "REQUESTS_CA_BUNDLE", "value": "/tls/ca.pem"} in tests["env"], "the runner trusts the shared CA")
 check(any("persistentVolumeClaim" in v for v in dep["volumes"]), "journal on a volume")
 job = docs["Job"]["spec"]["template"]["spec"]
-check(any("POST http://localhost:9464/shutdown" in " ".join(c.get("args", [])) for c in job["containers"]), "the Job's test container asks the sidecar to shut down")
+shutdown_call = [" ".join(c.get("args", [])) for c in job["containers"] if "/shutdown" in " ".join(c.get("args", []))]
+check(len(shutdown_call) == 1 and "-X POST" in shutdown_call[0] and "http://localhost:9464/shutdown" in shutdown_call[0], "the Job's test container asks the sidecar to shut down")
+check("Authorization: Bearer $(cat /etc/rally-sidecar-admin/token)" in shutdown_call[0] and "Content-Type: application/json" in shutdown_call[0], "the shutdown call carries the admin token")
+check(not any(p["containerPort"] == 8443 for p in side["ports"]), "the Rally listener is not exposed")
+check(any(v.get("secret", {}).get("secretName") == "rally-sidecar-admin" for v in dep["volumes"]), "the admin token from a Secret")
+pol = docs["NetworkPolicy"]["spec"]
+check(pol["policyTypes"] == ["Ingress"] and [p["port"] for r in pol["ingress"] for p in r["ports"]] == [9464], "a NetworkPolicy lets in the admin port only")
 check(any(e.get("name") == "RALLY_SIDECAR_ADMIN_ENABLE_SHUTDOWN" and e.get("value") == "true" for c in job["containers"] for e in c.get("env", [])), "shutdown enabled in the Job")
 cron = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
 check(cron["args"][:2] == ["sweep", "--once"], "the CronJob runs sweep --once")

@@ -351,7 +351,7 @@ async fn clients_get_enrichment_and_the_guard_through_the_sidecar() {
     let set = crate::support::send(
         http::Method::PUT,
         &admin,
-        &[],
+        &[crate::support::JSON],
         bytes::Bytes::from(format!("{{\"build\": \"{build}\"}}")),
     )
     .await;

@@ -290,7 +290,13 @@ async fn admin_endpoints() {
         m.contains("rally_sidecar_body_bytes_total{direction=\"Response\"}"),
         "{m}"
     );
-    let refused = send(Method::POST, &admin("/shutdown"), &[], Bytes::new()).await;
+    let refused = send(
+        Method::POST,
+        &admin("/shutdown"),
+        &[support::JSON],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(
         refused.status,
         StatusCode::FORBIDDEN,
@@ -304,7 +310,7 @@ async fn admin_endpoints() {
     let accepted = send(
         Method::POST,
         &format!("http://{}/shutdown", sidecar.admin),
-        &[],
+        &[support::JSON],
         Bytes::new(),
     )
     .await;

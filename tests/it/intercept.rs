@@ -126,7 +126,7 @@ async fn build_sources_and_their_precedence() {
     send(
         Method::PUT,
         &admin,
-        &[],
+        &[crate::support::JSON],
         Bytes::from(r#"{"build": "global-2"}"#),
     )
     .await;
@@ -137,7 +137,7 @@ async fn build_sources_and_their_precedence() {
     send(
         Method::PUT,
         &admin,
-        &[],
+        &[crate::support::JSON],
         Bytes::from(r#"{"build": "ws-3", "workspace": "/workspace/200"}"#),
     )
     .await;
@@ -149,7 +149,7 @@ async fn build_sources_and_their_precedence() {
     send(
         Method::PUT,
         &admin,
-        &[],
+        &[crate::support::JSON],
         Bytes::from(r#"{"build": "proj-4", "project": "300"}"#),
     )
     .await;
@@ -178,7 +178,7 @@ async fn build_sources_and_their_precedence() {
     send(
         Method::DELETE,
         &format!("{admin}?project=/project/300"),
-        &[],
+        &[crate::support::JSON],
         Bytes::new(),
     )
     .await;
@@ -186,12 +186,24 @@ async fn build_sources_and_their_precedence() {
         build_of(create(&sidecar, &[ALICE], body.clone()).await),
         "ws-3"
     );
-    send(Method::DELETE, &admin, &[], Bytes::new()).await;
+    send(
+        Method::DELETE,
+        &admin,
+        &[crate::support::JSON],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(
         build_of(create(&sidecar, &[ALICE], body.clone()).await),
         "cfg-1"
     );
-    let bad = send(Method::PUT, &admin, &[], Bytes::from(r#"{"bild": "x"}"#)).await;
+    let bad = send(
+        Method::PUT,
+        &admin,
+        &[crate::support::JSON],
+        Bytes::from(r#"{"bild": "x"}"#),
+    )
+    .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
     let m = get(&format!("http://{}/metrics", sidecar.admin), &[])

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The header every change through the admin API must carry.
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+
 // ---------------------------------------------------------------------------------------------
 // Log capture: one global subscriber for the test binary, writing into a buffer tests search.
 // ---------------------------------------------------------------------------------------------

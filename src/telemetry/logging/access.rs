@@ -18,6 +18,8 @@ use tracing_subscriber::fmt::format::{JsonFields as JsonFields_, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::telemetry::redact;
+
 /// The access log's target.
 pub const TARGET: &str = "rally_sidecar::access";
 
@@ -334,9 +336,9 @@ impl Visit for JsonFields<'_> {
     }
 }
 
-/// Event fields as tracing-subscriber's default field formatter writes them without colours:
-/// the message first as text, then `name=value` with `Debug` (so `Display` values bare,
-/// strings quoted), separated by spaces.
+/// Event fields as the human format's field formatter ([`super::escaping_fields`]) writes
+/// them: the message first, then `name=value` with `Debug` (so `Display` values bare, strings
+/// quoted), control characters escaped, separated by spaces.
 struct HumanFields<'a> {
     w: &'a mut String,
     first: bool,
@@ -347,21 +349,14 @@ impl HumanFields<'_> {
         if !std::mem::take(&mut self.first) {
             self.w.push(' ');
         }
-        let name = field.name();
-        self.w.push_str(name.strip_prefix("r#").unwrap_or(name));
-        self.w.push('=');
+        if field.name() != "message" {
+            self.w.push_str(field.name());
+            self.w.push('=');
+        }
     }
 }
 
 impl Visit for HumanFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.record_debug(field, &format_args!("{value}"))
-        } else {
-            self.record_debug(field, &value)
-        }
-    }
-
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.name(field);
         self.w.push_str(itoa::Buffer::new().format(value));
@@ -378,37 +373,17 @@ impl Visit for HumanFields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            if !std::mem::take(&mut self.first) {
-                self.w.push(' ');
-            }
-            // Sanitised as tracing-subscriber sanitises a message.
-            let _ = write!(TerminalEscaping(self.w), "{value:?}");
-        } else {
-            self.name(field);
-            let _ = write!(self.w, "{value:?}");
-        }
+        self.name(field);
+        let _ = write!(ControlEscaping(self.w), "{value:?}");
     }
 }
 
-/// Escapes what could drive a terminal, as tracing-subscriber does for a message.
-struct TerminalEscaping<'a>(&'a mut String);
+/// A `fmt::Write` that escapes control characters as [`redact::escape_controls`] does.
+struct ControlEscaping<'a>(&'a mut String);
 
-impl Write for TerminalEscaping<'_> {
+impl Write for ControlEscaping<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for ch in s.chars() {
-            match ch {
-                '\x1b' => self.0.write_str("\\x1b")?,
-                '\x07' => self.0.write_str("\\x07")?,
-                '\x08' => self.0.write_str("\\x08")?,
-                '\x0c' => self.0.write_str("\\x0c")?,
-                '\x7f' => self.0.write_str("\\x7f")?,
-                ch if (0x80..=0x9f).contains(&(ch as u32)) => {
-                    write!(self.0, "\\u{{{:x}}}", ch as u32)?
-                }
-                ch => self.0.write_char(ch)?,
-            }
-        }
+        redact::push_escaped_controls(self.0, s);
         Ok(())
     }
 }
@@ -510,6 +485,7 @@ mod tests {
                 tracing_subscriber::fmt()
                     .with_ansi(false)
                     .with_writer(fast.clone())
+                    .fmt_fields(super::super::escaping_fields())
                     .event_format(Fast {
                         inner: tracing_subscriber::fmt::format(),
                         json: false,
@@ -532,6 +508,7 @@ mod tests {
                 tracing_subscriber::fmt()
                     .with_ansi(false)
                     .with_writer(plain.clone())
+                    .fmt_fields(super::super::escaping_fields())
                     .finish(),
             )
         };
