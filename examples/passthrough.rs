@@ -315,9 +315,9 @@ fn spawn_sidecar(name: &str, bin: &str, upstream: &str, env: &[(String, String)]
     }
 }
 
-/// CPU time (user + system) the processes have used so far, from `/proc/<pid>/stat`; 0 where
+/// CPU time (user, system) the processes have used so far, from `/proc/<pid>/stat`; 0 where
 /// it cannot be read.
-fn cpu_seconds(pids: &[u32]) -> f64 {
+fn cpu_seconds(pids: &[u32]) -> (f64, f64) {
     let tick = 100.0; // USER_HZ on Linux
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
@@ -329,9 +329,10 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
                 .split_whitespace()
                 .map(|x| x.parse().unwrap_or(0))
                 .collect();
-            (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / tick
+            let at = |i: usize| *f.get(i).unwrap_or(&0) as f64 / tick;
+            (at(11), at(12))
         })
-        .sum()
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 /// Where a sidecar's stderr (its logs) is kept.
@@ -425,7 +426,7 @@ fn main() {
             .unwrap_or(1)
     );
     println!(
-        "\n| target | req/s | p50 ms | p99 ms | p99.9 ms | requests | errors | CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "\n| target | req/s | p50 ms | p99 ms | p99.9 ms | requests | errors | CPU µs/req (user + sys) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let results: Vec<_> = targets
         .iter()
@@ -438,14 +439,21 @@ fn main() {
             }
             let cpu_before = cpu_seconds(pids);
             let o = rt.block_on(load(url, a.connections, until));
-            let cpu = cpu_seconds(pids) - cpu_before;
+            let cpu_after = cpu_seconds(pids);
+            let (user, sys) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
             sent += o.requests + o.errors;
             let rps = o.requests as f64 / o.elapsed.as_secs_f64();
             let ms = |q: f64| o.hist.value_at_quantile(q) as f64 / 1000.0;
             let cpu_per_req = if pids.is_empty() {
                 "—".to_string()
             } else {
-                format!("{:.1}", cpu * 1e6 / (o.requests + o.errors).max(1) as f64)
+                let per = |s: f64| s * 1e6 / (o.requests + o.errors).max(1) as f64;
+                format!(
+                    "{:.1} ({:.1} + {:.1})",
+                    per(user + sys),
+                    per(user),
+                    per(sys)
+                )
             };
             println!(
                 "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {cpu_per_req} |",
