@@ -125,7 +125,15 @@ impl Proxy {
             // so that the streaming path's future stays small and cheap to move.
             Box::pin(self.intercepted(&ctx, op, req).instrument(span.clone())).await
         } else {
-            self.stream(&ctx, &op, req).instrument(span.clone()).await
+            // Only debug events (hyper's) happen inside the streaming path; the sidecar's own
+            // are written in the span below. So the span is entered on every poll only when
+            // some filter lets debug events through.
+            let streamed = self.stream(&ctx, &op, req);
+            if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
+                streamed.instrument(span.clone()).await
+            } else {
+                streamed.await
+            }
         };
         let mut resp = match forwarded {
             Ok(resp) => resp,
