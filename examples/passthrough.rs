@@ -8,7 +8,8 @@
 //! `--body N` sets the origin's response size in bytes (100 = a small GET, 102400 = 100 KB).
 //! `--sidecar` may be given several times (e.g. `before=/tmp/old after=target/release/rally-sidecar`)
 //! to compare builds side by side in one run; each is started as its own process.
-//! `--requests N` sends exactly N requests per target (no warm-up) instead of a timed run: with
+//! `--rounds R` measures every target R times, interleaved, and reports medians (a shared,
+//! noisy machine). `--requests N` sends exactly N requests per target (no warm-up) instead of a timed run: with
 //! the sidecar under `valgrind --tool=callgrind` (bench/profile-passthrough.sh) two runs with
 //! different N give instructions per request. Sidecars are stopped with SIGTERM, so a profiler
 //! writes its output and the access log is flushed.
@@ -40,6 +41,7 @@ struct Args {
     json: bool,
     sidecars: Vec<(String, String)>,
     requests: Option<u64>,
+    rounds: usize,
     direct: bool,
     sidecar_env: Vec<(String, String)>,
     targets: Vec<String>,
@@ -56,6 +58,7 @@ fn args() -> Args {
         json: false,
         sidecars: vec![],
         requests: None,
+        rounds: 1,
         direct: true,
         sidecar_env: vec![],
         targets: vec![],
@@ -79,6 +82,7 @@ fn args() -> Args {
             }
             "--requests" => a.requests = Some(it.next().unwrap().parse().unwrap()),
             "--no-direct" => a.direct = false,
+            "--rounds" => a.rounds = it.next().unwrap().parse::<usize>().unwrap().max(1),
             "--sidecar-env" => {
                 let kv = it.next().unwrap();
                 let (k, v) = kv.split_once('=').unwrap();
@@ -428,57 +432,124 @@ fn main() {
     println!(
         "\n| target | req/s | p50 ms | p99 ms | p99.9 ms | requests | errors | CPU µs/req (user + sys) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
-    let results: Vec<_> = targets
+    // Rounds interleave the targets, so that a neighbour's load on a shared machine falls on
+    // all of them alike; each target's figure is its median round, and each ratio the median
+    // of the ratios within a round.
+    struct Tally {
+        rps: Vec<f64>,
+        hist: hdrhistogram::Histogram<u64>,
+        requests: u64,
+        errors: u64,
+        sent: u64,
+        user: f64,
+        sys: f64,
+    }
+    let mut tallies: Vec<Tally> = targets
         .iter()
-        .map(|(name, url, pids)| {
-            let mut sent = 0;
-            if let Until::Seconds(_) = until {
+        .map(|_| Tally {
+            rps: vec![],
+            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            requests: 0,
+            errors: 0,
+            sent: 0,
+            user: 0.0,
+            sys: 0.0,
+        })
+        .collect();
+    for round in 0..a.rounds {
+        for ((_, url, pids), t) in targets.iter().zip(tallies.iter_mut()) {
+            if let (0, Until::Seconds(_)) = (round, until) {
                 // A short warm-up fills pools and caches.
                 let w = rt.block_on(load(url, a.connections, Until::Seconds(1)));
-                sent += w.requests + w.errors;
+                t.sent += w.requests + w.errors;
             }
             let cpu_before = cpu_seconds(pids);
             let o = rt.block_on(load(url, a.connections, until));
             let cpu_after = cpu_seconds(pids);
-            let (user, sys) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
-            sent += o.requests + o.errors;
-            let rps = o.requests as f64 / o.elapsed.as_secs_f64();
-            let ms = |q: f64| o.hist.value_at_quantile(q) as f64 / 1000.0;
+            t.user += cpu_after.0 - cpu_before.0;
+            t.sys += cpu_after.1 - cpu_before.1;
+            t.sent += o.requests + o.errors;
+            t.requests += o.requests;
+            t.errors += o.errors;
+            t.rps.push(o.requests as f64 / o.elapsed.as_secs_f64());
+            t.hist.add(&o.hist).unwrap();
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let results: Vec<_> = targets
+        .iter()
+        .zip(&tallies)
+        .map(|((name, _, pids), t)| {
+            let rps = median(&t.rps);
+            let ms = |q: f64| t.hist.value_at_quantile(q) as f64 / 1000.0;
             let cpu_per_req = if pids.is_empty() {
                 "—".to_string()
             } else {
-                let per = |s: f64| s * 1e6 / (o.requests + o.errors).max(1) as f64;
+                let per = |s: f64| s * 1e6 / (t.requests + t.errors).max(1) as f64;
                 format!(
                     "{:.1} ({:.1} + {:.1})",
-                    per(user + sys),
-                    per(user),
-                    per(sys)
+                    per(t.user + t.sys),
+                    per(t.user),
+                    per(t.sys)
                 )
             };
+            let spread = if t.rps.len() > 1 {
+                let (lo, hi) = t
+                    .rps
+                    .iter()
+                    .fold((f64::MAX, 0f64), |(l, h), &r| (l.min(r), h.max(r)));
+                format!(" ({lo:.0}–{hi:.0})")
+            } else {
+                String::new()
+            };
             println!(
-                "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {cpu_per_req} |",
+                "| {name} | {rps:.0}{spread} | {:.2} | {:.2} | {:.2} | {} | {} | {cpu_per_req} |",
                 ms(0.5),
                 ms(0.99),
                 ms(0.999),
-                o.requests,
-                o.errors
+                t.requests,
+                t.errors
             );
-            (name.clone(), rps, ms(0.5), ms(0.99), sent)
+            (name.clone(), rps, ms(0.5), ms(0.99), t.sent)
         })
         .collect();
     // Ratios against direct and, when measured, against nginx with its access log.
     for base in ["direct", "nginx"] {
-        let Some((_, b_rps, b_p50, b_p99, _)) = results.iter().find(|r| r.0 == base).cloned()
-        else {
+        let Some(b) = targets.iter().position(|t| t.0 == base) else {
             continue;
         };
         println!();
-        for (name, rps, p50, p99, _) in results.iter().filter(|r| r.0 != base && r.0 != "direct") {
+        for (i, (name, _, _)) in targets.iter().enumerate() {
+            if i == b || name == "direct" {
+                continue;
+            }
+            let ratios: Vec<f64> = tallies[i]
+                .rps
+                .iter()
+                .zip(&tallies[b].rps)
+                .map(|(x, y)| x / y)
+                .collect();
             println!(
-                "{name} vs {base}: throughput x{:.2}, p50 {:+.2} ms, p99 {:+.2} ms",
-                rps / b_rps,
-                p50 - b_p50,
-                p99 - b_p99
+                "{name} vs {base}: throughput x{:.2}{}, p50 {:+.2} ms, p99 {:+.2} ms",
+                median(&ratios),
+                if ratios.len() > 1 {
+                    format!(
+                        " (rounds: {})",
+                        ratios
+                            .iter()
+                            .map(|r| format!("{r:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    String::new()
+                },
+                results[i].2 - results[b].2,
+                results[i].3 - results[b].3
             );
         }
     }
