@@ -57,6 +57,9 @@ pub struct Admin {
     pub enable_shutdown: bool,
     pub shutdown: CancellationToken,
     pub context: Arc<BuildContext>,
+    /// Fleet mode: `PUT/DELETE /context` change the fleet's shared context, which every pod
+    /// (this one included) copies into its `context`.
+    pub fleet_context: Option<crate::fleet::SharedContext>,
     pub journal: Option<crate::journal::Journal>,
     pub health: Arc<crate::rally::health::UpstreamHealth>,
     /// Who may use which endpoint.

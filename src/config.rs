@@ -52,6 +52,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 mod admin;
+pub mod context;
 mod env;
 pub mod fleet;
 mod listen;

@@ -12,6 +12,7 @@ pub mod context;
 pub(crate) mod db;
 pub mod ledger;
 mod listen;
+pub mod shipper;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

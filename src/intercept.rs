@@ -17,6 +17,7 @@ pub mod enrich;
 pub mod envelope;
 pub mod guard;
 pub mod hold;
+pub mod ledger;
 pub mod results_add;
 pub mod single;
 
@@ -57,6 +58,8 @@ pub struct Interceptor {
     /// Read-backs that go on after their client was answered (`confirm.hold = "ambiguous"`);
     /// the drain waits for them.
     pub background: tokio_util::task::TaskTracker,
+    /// Fleet mode: the shared ledger beside the journal ([`ledger`]); `None` alone.
+    pub fleet: Option<ledger::FleetWrites>,
 }
 
 /// What interception makes of a request: the sidecar's own answer, or a request for the proxy
@@ -124,6 +127,10 @@ pub struct WriteCtx<'a> {
     pub header_build: Option<String>,
     /// The envelope kind of the answer the client expects.
     pub kind: Envelope,
+    /// The body as the client sent it: with the writer and the path, a write's identity in
+    /// the fleet's ledger (enrichment fills `Date` from the time of receipt, so a retry's
+    /// enriched body differs).
+    pub raw: Bytes,
 }
 
 impl WriteCtx<'_> {
@@ -183,6 +190,7 @@ impl Interceptor {
             journal,
             give_up: CancellationToken::new(),
             background: tokio_util::task::TaskTracker::new(),
+            fleet: None,
         }
     }
 
@@ -245,6 +253,7 @@ pub async fn handle(
         scope: Scope::of_query(parts.uri.query()),
         header_build,
         kind,
+        raw: body.clone(),
     };
     match op {
         Operation::CreateResult | Operation::UpdateResult { .. } => {

@@ -32,6 +32,8 @@ mod pending;
 mod report;
 mod schema;
 mod summary;
+// Fleet mode: rows also recorded in the fleet's ledger, and their shipping (issue 15).
+mod ship;
 
 pub use pending::{Pending, Settled};
 

@@ -13,6 +13,7 @@ pub mod governor;
 pub mod headers;
 pub mod health;
 pub mod lookups;
+pub mod slots;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use connect::{Route, UpstreamClient, UpstreamError};
 use credential::{Credential, Fingerprinter};
 use governor::{Governor, Priority};
 use health::UpstreamHealth;
+use slots::Slots;
 
 /// Largest answer the sidecar reads for itself (lookups, read-backs, searches).
 const MAX_READ: usize = 4 * 1024 * 1024;
@@ -42,7 +44,8 @@ pub struct Rally {
     cfg: Arc<Config>,
     origin: String,
     authority: HeaderValue,
-    governor: Governor,
+    /// Turns per Rally user: the local governor, or the fleet's budget ([`Rally::with_fleet`]).
+    slots: Slots,
     fingerprints: Fingerprinter,
     /// Credential fingerprint → its Rally user, once known: the governor's key.
     users: moka::sync::Cache<String, Arc<str>>,
@@ -80,7 +83,7 @@ impl Rally {
                 client,
                 origin: cfg.upstream.origin_string(),
                 authority,
-                governor,
+                slots: Slots::Local(governor),
                 fingerprints: Fingerprinter::new(),
                 users: moka::sync::Cache::builder()
                     .max_capacity(100_000)
@@ -98,6 +101,15 @@ impl Rally {
     /// this process's own.
     pub fn with_writer_key(mut self, key: [u8; 32]) -> Rally {
         self.fingerprints = Fingerprinter::with_key(key);
+        self
+    }
+
+    /// Fleet mode: every request to Rally takes a permit of the fleet's budget for its Rally
+    /// user instead of a local slot, and writers are named by the fleet's writer key, so one
+    /// credential has one digest (and one budget lane) on every pod.
+    pub fn with_fleet(mut self, fleet: &crate::fleet::Fleet) -> Rally {
+        self.slots = Slots::fleet(fleet.budget());
+        self.fingerprints = Fingerprinter::with_key(*fleet.writer_key());
         self
     }
 
@@ -136,10 +148,13 @@ impl Rally {
     /// against that user's slots, shared with every other key of the same user (Rally's cap
     /// is per user: KB 95713, KB 10814).
     pub fn learn_user(&self, cred: &Credential, user: &str) {
-        self.users.insert(
-            cred.fingerprint().to_string(),
-            Arc::from(format!("user:{user}")),
-        );
+        let (users, fp) = (self.users.clone(), cred.fingerprint().to_string());
+        let lane: Arc<str> = Arc::from(format!("user:{user}"));
+        // In fleet mode the switch waits until every pod counts the credential as this user.
+        self.slots
+            .learn(format!("credential:{fp}"), lane.to_string(), move || {
+                users.insert(fp, lane)
+            });
     }
 
     /// Whether the credential's Rally user is known.
@@ -162,7 +177,7 @@ impl Rally {
 
     /// Requests waiting for a slot, across all users (for metrics).
     pub fn waiting(&self) -> usize {
-        self.governor.waiting()
+        self.slots.waiting()
     }
 
     /// Sends one request to Rally within its credential's slots (anonymous requests have none
@@ -185,10 +200,9 @@ impl Rally {
             .or_else(|| self.fingerprints.of(&parts.headers));
         let slot = match cred {
             Some(c) => Some(
-                self.governor
-                    .acquire_as(&self.lane_of(c.fingerprint()), priority)
-                    .await
-                    .map_err(|e| ProxyError::Overloaded(e.to_string()))?,
+                self.slots
+                    .acquire(&self.lane_of(c.fingerprint()), priority)
+                    .await?,
             ),
             None => None,
         };
@@ -220,11 +234,27 @@ impl Rally {
         let upstream_req = Request::from_parts(parts, body);
 
         let sent = Instant::now();
-        let result = tokio::time::timeout(
+        let request = tokio::time::timeout(
             self.cfg.upstream.response_timeout,
             self.client.request(upstream_req),
-        )
-        .await;
+        );
+        // A fleet permit whose lease lapsed may have been given to another pod: the request is
+        // abandoned rather than overlap (its write, if any, is then looked for, not re-sent).
+        let lost = async {
+            match &slot {
+                Some(s) => s.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = request => r,
+            () = lost => {
+                let err = ProxyError::UpstreamBroken(
+                    "abandoned: the fleet permit for this request lapsed (PostgreSQL unreachable)".into(),
+                );
+                return Err(err);
+            }
+        };
         self.metrics
             .upstream_latency
             .observe(sent.elapsed().as_secs_f64());
@@ -385,6 +415,22 @@ impl Session {
         )
         .map_err(|e| e.to_string())?;
         Session::assemble(cfg, operator, Arc::new(rally.with_writer_key(key)), route)
+    }
+
+    /// [`Session::new`] in fleet mode: its requests take the fleet's permits and its
+    /// credential is named by the fleet's writer key, as the ledger's rows are.
+    pub fn with_fleet(
+        cfg: &Config,
+        operator: &credential::Operator,
+        fleet: &crate::fleet::Fleet,
+    ) -> Result<Session, String> {
+        let (rally, route) = Rally::new(
+            Arc::new(cfg.clone()),
+            Arc::new(Metrics::new()),
+            Arc::new(UpstreamHealth::default()),
+        )
+        .map_err(|e| e.to_string())?;
+        Session::assemble(cfg, operator, Arc::new(rally.with_fleet(fleet)), route)
     }
 
     fn assemble(

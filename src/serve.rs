@@ -3,6 +3,8 @@
 //! the upstream watcher, the periodic sweep), and drains on shutdown: signal → stop accepting →
 //! answer held writes before the deadline → flush the journal → return.
 
+mod fleet;
+
 use std::sync::Arc;
 
 use crate::{intercept, journal, rally, server, tls};
@@ -151,13 +153,17 @@ pub async fn run_with(
         readiness.set("journal", true, "disabled (confirm.enabled = false)");
         None
     };
+    // Fleet mode (issue 15): connected before any request is accepted.
+    let fleet = fleet::FleetMode::start(&config, journal.as_ref(), &readiness, &context).await?;
     // Writers are named by a digest keyed with the journal's own secret, so a digest in a row
     // means the same credential to every process that opens the file.
     let writer_key = journal.as_ref().map(|j| j.writer_secret());
     let (rally, route) = rally::Rally::new(config.clone(), metrics.clone(), health.clone())?;
-    let rally = Arc::new(match writer_key {
-        Some(k) => rally.with_writer_key(k),
-        None => rally,
+    let rally = Arc::new(match (&fleet, writer_key) {
+        // Fleet mode: the fleet's budget and its writer key (one digest fleet-wide).
+        (Some(f), _) => rally.with_fleet(&f.fleet),
+        (None, Some(k)) => rally.with_writer_key(k),
+        (None, None) => rally,
     });
     readiness.set("upstream_tls", true, "upstream TLS configuration loaded");
     let rule_fields: Vec<String> = config.guard.rules.iter().map(|r| r.field.clone()).collect();
@@ -165,13 +171,16 @@ pub async fn run_with(
         rally::lookups::Lookups::new(rally.clone(), &rule_fields, config.guard.cache_ttl)
             .remember_failures(config.guard.failure_cache_ttl),
     );
-    let interceptor = Arc::new(intercept::Interceptor::new(
+    let mut interceptor = intercept::Interceptor::new(
         config.clone(),
         lookups,
         context.clone(),
         metrics.clone(),
         journal.clone(),
-    ));
+    );
+    // Fleet mode: held writes recorded in the fleet's ledger too.
+    interceptor.fleet = fleet.as_ref().and_then(|f| f.writes());
+    let interceptor = Arc::new(interceptor);
     let proxy_handle = Arc::new(Proxy::new(
         config.clone(),
         rally.clone(),
@@ -191,6 +200,7 @@ pub async fn run_with(
         enable_shutdown: config.admin.enable_shutdown,
         shutdown: shutdown.clone(),
         context: context.clone(),
+        fleet_context: fleet.as_ref().map(|f| f.context.clone()),
         journal: journal.clone(),
         health: health.clone(),
         auth: crate::admin::auth::Guard::new(&config.admin),
@@ -331,6 +341,10 @@ pub async fn run_with(
         tracing::warn!("background read-backs still running at the end of the grace period");
     }
     drain_flag.abort();
+    // Fleet mode: the last journal rows shipped, then this pod leaves the fleet.
+    if let Some(f) = fleet {
+        f.stop(journal.as_ref()).await;
+    }
     if let Some(h) = heart {
         h.abort();
     }

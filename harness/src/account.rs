@@ -103,6 +103,7 @@ pub(crate) async fn one_write(
         confirmed: None,
         acknowledged_only: false,
         journal_id: None,
+        ledger_id: None,
         error: None,
         transport_error: None,
         latency: Duration::ZERO,
@@ -130,6 +131,7 @@ pub(crate) async fn one_write(
             o.acknowledged_only = confirmed.as_deref() == Some("pending");
             o.confirmed = confirmed.map(|v| v == "true" || v == "pending");
             o.journal_id = text("x-rally-sidecar-journal-id").and_then(|v| v.parse().ok());
+            o.ledger_id = text("x-rally-sidecar-ledger-id").and_then(|v| v.parse().ok());
             o.error = text("x-rally-sidecar-error");
             match resp.into_body().collect().await {
                 Ok(b) => {

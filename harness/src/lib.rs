@@ -16,6 +16,8 @@
 
 mod account;
 mod drain;
+pub mod fleet;
+pub mod pg;
 mod report;
 mod run;
 

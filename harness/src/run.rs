@@ -99,6 +99,8 @@ pub struct Outcome {
     pub acknowledged_only: bool,
     /// `X-Rally-Sidecar-Journal-Id`.
     pub journal_id: Option<i64>,
+    /// `X-Rally-Sidecar-Ledger-Id`: fleet mode answered a retry from the ledger.
+    pub ledger_id: Option<i64>,
     /// The first of the answer's `Errors`, or else `X-Rally-Sidecar-Error`.
     pub error: Option<String>,
     /// No HTTP answer at all (connection failed or cut).

@@ -1,6 +1,7 @@
 //! `GET|PUT|DELETE /context`: the build context operators set for writes that carry no Build
 //! (docs/enrichment.md). A change is answered with the entry it changed, not the whole map,
-//! and the map itself is bounded (`intercept::context::MAX_SCOPES`, `MAX_BUILD_LEN`).
+//! and the map itself is bounded (`intercept::context::MAX_SCOPES`, `MAX_BUILD_LEN`). In fleet
+//! mode a change goes to the fleet's shared context, which every pod copies into its own.
 
 use std::time::Duration;
 
@@ -40,6 +41,17 @@ impl Admin {
                     Err(e) => return bad(e.to_string()),
                 };
                 let entry = entry(&set);
+                // Fleet mode: the change is the fleet's (see `fleet_answer`).
+                if let Some(shared) = &self.fleet_context {
+                    // The local rules (length, scopes held) checked on a copy first.
+                    let probe = crate::intercept::context::BuildContext::default();
+                    probe.replace(self.context.view());
+                    if let Err(e) = probe.set(set.clone()) {
+                        return bad(e);
+                    }
+                    let changed = shared.set(set).await;
+                    return self.fleet_answer(shared, changed, entry);
+                }
                 match self.context.set(set) {
                     Ok(_) => {
                         tracing::info!(entry = %entry, "build context set");
@@ -60,7 +72,6 @@ impl Admin {
                         })
                 };
                 let (workspace, project) = (param("workspace"), param("project"));
-                self.context.clear(workspace.as_deref(), project.as_deref());
                 let cleared = match (
                     workspace.as_deref().and_then(scope_id),
                     project.as_deref().and_then(scope_id),
@@ -69,11 +80,50 @@ impl Admin {
                     (_, Some(p)) => json!({"project": p}),
                     _ => json!("everything"),
                 };
+                if let Some(shared) = &self.fleet_context {
+                    let changed = shared.clear(workspace.as_deref(), project.as_deref()).await;
+                    return self.fleet_answer(shared, changed, json!({ "cleared": cleared }));
+                }
+                self.context.clear(workspace.as_deref(), project.as_deref());
                 json_response(StatusCode::OK, &json!({ "cleared": cleared }))
             }
             _ => json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &json!({"error": "use GET, PUT or DELETE"}),
+            ),
+        }
+    }
+}
+
+impl Admin {
+    /// The answer to a change of the fleet's context: applied here at once, the other pods
+    /// following within `SharedContext::max_delay` (stated in the answer); a bad request is
+    /// 400; PostgreSQL unreachable is 503, and nothing changed.
+    fn fleet_answer(
+        &self,
+        shared: &crate::fleet::SharedContext,
+        changed: Result<
+            crate::intercept::context::ContextView,
+            crate::fleet::context::ContextError,
+        >,
+        mut answer: Value,
+    ) -> Response<Body> {
+        use crate::fleet::context::ContextError;
+        match changed {
+            Ok(view) => {
+                self.context.replace(view);
+                tracing::info!(change = %answer, "fleet build context changed");
+                answer["fleet"] = json!({
+                    "every_pod_within_ms": shared.max_delay().as_millis() as u64
+                });
+                json_response(StatusCode::OK, &answer)
+            }
+            Err(ContextError::Invalid(e)) => {
+                json_response(StatusCode::BAD_REQUEST, &json!({ "error": e }))
+            }
+            Err(ContextError::Fleet(e)) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "error": format!("the fleet's context was not changed: {e}") }),
             ),
         }
     }

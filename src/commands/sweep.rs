@@ -334,10 +334,18 @@ pub async fn run(
 ) -> Result<SweepReport, String> {
     use crate::confirm::{self, Expected};
     let sweep = &cfg.sweep;
-    let session = crate::rally::Session::new(
-        &cfg,
-        &crate::rally::credential::Operator::ApiKey(api_key.to_string()),
-    )?;
+    let operator = crate::rally::credential::Operator::ApiKey(api_key.to_string());
+    // Fleet mode: the sweep's requests take the fleet's permits like any pod's (issue 15);
+    // its registration lapses with its lease once the sweep is done.
+    let session = match cfg.fleet.clone() {
+        Some(fc) => {
+            let fleet = crate::fleet::Fleet::connect(fc)
+                .await
+                .map_err(|e| format!("fleet: {e}"))?;
+            crate::rally::Session::with_fleet(&cfg, &operator, &fleet)?
+        }
+        None => crate::rally::Session::new(&cfg, &operator)?,
+    };
     let (lookups, cred) = (&session.lookups, &session.cred);
     let cutoff = now - sweep.older_than;
 

@@ -25,7 +25,14 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use uuid::Uuid;
 
-pub use crate::rally::governor::Priority;
+/// Which queue a request waits in (the local governor's classes, and the same order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A new request (client traffic, a first write, a guard lookup).
+    Normal,
+    /// The follow-up of a write already sent: served before any `Normal` request.
+    FollowUp,
+}
 
 use super::{BUDGET_CHANNEL, Fleet, FleetError, Notice, Shared};
 
@@ -213,6 +220,12 @@ impl Budget {
         }
     }
 
+    /// Requests of this pod waiting for a permit, across users (for metrics).
+    pub fn waiting(&self) -> usize {
+        let lanes = self.inner.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.values().map(|l| l.lock().waiting()).sum()
+    }
+
     /// Permits this pod holds for `user` now.
     pub fn held_here(&self, user: &str) -> u32 {
         self.lane(user).lock().held
@@ -225,13 +238,32 @@ impl Budget {
             .with_client(|c| async move {
                 let row = c
                     .query_one(
-                        "SELECT count(*) FROM fleet_permits WHERE rally_user = $1 AND lease_until >= now()",
+                        "SELECT count(*) FROM fleet_permits WHERE lease_until >= now()
+                           AND (rally_user = $1
+                                OR rally_user IN (SELECT lane FROM fleet_lanes WHERE rally_user = $1))",
                         &[&user],
                     )
                     .await?;
                 Ok(row.get::<_, i64>(0) as u32)
             })
             .await
+    }
+}
+
+impl Budget {
+    /// Records that the credential lane `lane` (`credential:<digest>`) belongs to the Rally
+    /// user's lane `user` (`user:<ref>`), fleet-wide. Only once this has succeeded may a pod
+    /// ask for that credential's permits under the user's lane: until then the other pods
+    /// still count it under the credential's (migration 0002).
+    pub async fn learn(&self, lane: &str, user: &str) -> Result<(), FleetError> {
+        let (lane, user) = (lane.to_string(), user.to_string());
+        self.shared()
+            .with_client(|c| async move {
+                c.execute("SELECT fleet_learn_lane($1, $2)", &[&lane, &user])
+                    .await
+            })
+            .await
+            .map(|_| ())
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use super::{CONTEXT_CHANNEL, Fleet, FleetError, Notice, Shared};
-use crate::intercept::context::{ContextView, SetContext, scope_id};
+use crate::config::context::{ContextView, SetContext};
+use crate::wsapi::scope_id;
 
 /// Why a context change was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

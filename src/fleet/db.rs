@@ -13,11 +13,18 @@ use super::FleetError;
 use super::config::FleetConfig;
 
 /// The schema, in order. Never edit a migration that has shipped: add one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "fleet",
-    include_str!("../../migrations/fleet/0001_fleet.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "fleet",
+        include_str!("../../migrations/fleet/0001_fleet.sql"),
+    ),
+    (
+        2,
+        "lanes",
+        include_str!("../../migrations/fleet/0002_lanes.sql"),
+    ),
+];
 
 /// Any fixed number: the key of the advisory lock that serialises migrations across pods.
 const MIGRATION_LOCK: i64 = 0x7261_6c6c_795f_6d69;

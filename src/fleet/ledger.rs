@@ -72,6 +72,11 @@ impl WriteKey {
         WriteKey(format!("local:{journal}:{row}"))
     }
 
+    /// A key as stored (in a journal row's `write_key`).
+    pub fn from_stored(key: &str) -> WriteKey {
+        WriteKey(key.to_string())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -243,6 +248,18 @@ impl Ledger {
 
     /// Records a write as pending, owned by this pod, unless its key is already recorded.
     pub async fn record(&self, e: &NewEntry) -> Result<Recorded, LedgerError> {
+        self.record_from(e, None).await
+    }
+
+    /// [`Ledger::record`] for a write this pod also journaled locally as row `source.1` of
+    /// journal `source.0`: the shipper later moves the row's state forward by that source
+    /// (`ship`), without a second insert.
+    pub async fn record_from(
+        &self,
+        e: &NewEntry,
+        source: Option<(&str, i64)>,
+    ) -> Result<Recorded, LedgerError> {
+        let (src_journal, src_row) = (source.map(|s| s.0.to_string()), source.map(|s| s.1));
         let (e, pod, window) = self.args(e);
         let found = self
             .fleet
@@ -260,7 +277,7 @@ impl Ledger {
                             &e.key.0, &e.request_id, &e.received_at, &w.credential, &w.rally_user,
                             &pod, &e.operation, &e.target, &e.path, &e.body, &e.test_case,
                             &e.build, &e.verdict, &e.filled, &e.decision, &pending, &zero,
-                            &none_s, &none_i, &none_f, &none_s, &none_i,
+                            &none_s, &none_i, &none_f, &src_journal, &src_row,
                         ],
                     )
                     .await?;
@@ -279,6 +296,24 @@ impl Ledger {
             })
             .await?;
         Ok(found)
+    }
+
+    /// Deletes a row this pod recorded for a write it then did not send (the rest of its
+    /// request was a retry of writes already recorded): only while still pending and ours.
+    pub async fn discard(&self, id: i64) -> Result<bool, LedgerError> {
+        let pod = self.fleet.shared.pod_id.clone();
+        let n = self
+            .fleet
+            .shared
+            .with_client(|c| async move {
+                c.execute(
+                    "DELETE FROM fleet_writes WHERE id = $1 AND owner_pod = $2 AND state = 'pending'",
+                    &[&id, &pod],
+                )
+                .await
+            })
+            .await?;
+        Ok(n == 1)
     }
 
     fn args(&self, e: &NewEntry) -> (NewEntry, String, f64) {
@@ -349,6 +384,24 @@ impl Ledger {
         Ok(r.as_ref().map(LedgerRow::from_row))
     }
 
+    /// Whether `pod` still holds its lease (a pending row of a pod that does not is the
+    /// central replayer's to land).
+    pub async fn pod_alive(&self, pod: &str) -> Result<bool, LedgerError> {
+        let pod = pod.to_string();
+        let r = self
+            .fleet
+            .shared
+            .with_client(|c| async move {
+                c.query_opt(
+                    "SELECT 1 FROM fleet_pods WHERE pod_id = $1 AND lease_until >= now()",
+                    &[&pod],
+                )
+                .await
+            })
+            .await?;
+        Ok(r.is_some())
+    }
+
     /// Live rows per state.
     pub async fn counts(&self) -> Result<Vec<(State, i64)>, LedgerError> {
         let rows = self
@@ -371,7 +424,7 @@ impl Ledger {
     /// Claims up to `limit` rows to replay: unconfirmed rows, and pending rows of pods whose
     /// lease lapsed. Rows another replayer holds are skipped, not waited for.
     pub async fn claim_for_replay(&self, limit: usize) -> Result<Claim, LedgerError> {
-        Claim::take(self.fleet.clone(), limit, None).await
+        Claim::take(self.fleet.clone(), limit, None, 0).await
     }
 
     /// [`Ledger::claim_for_replay`], only rows of this Rally user (a replayer replays a row
@@ -381,7 +434,24 @@ impl Ledger {
         rally_user: &str,
         limit: usize,
     ) -> Result<Claim, LedgerError> {
-        Claim::take(self.fleet.clone(), limit, Some(rally_user.to_string())).await
+        Claim::take(self.fleet.clone(), limit, Some(rally_user.to_string()), 0).await
+    }
+
+    /// [`Ledger::claim_for_replay_as`], only rows after `after` (by id): a replayer goes
+    /// through the backlog once per run, even when rows stay unconfirmed.
+    pub async fn claim_next_for_replay(
+        &self,
+        rally_user: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Claim, LedgerError> {
+        Claim::take(
+            self.fleet.clone(),
+            limit,
+            Some(rally_user.to_string()),
+            after,
+        )
+        .await
     }
 
     /// Ships rows of a local journal (written while the database was unreachable), in one

@@ -16,6 +16,7 @@ use super::classify::{self, Operation};
 use super::decide::{Decided, Decision};
 use super::envelope::{self, BodyError};
 use super::hold::{Grouped, Held, Record};
+use super::ledger::{self, Begun};
 use super::results_add::{self, Items};
 use super::{Interceptor, Outcome, WriteCtx, answer};
 use crate::confirm::rally::RallyWrite;
@@ -99,11 +100,16 @@ pub async fn handle(
         .map(|h| h.record(w))
         .collect();
     let mut rows: Vec<Pending> = match journal {
-        Some(j) => j.begin_all(records).await.map_err(|err| {
-            ProxyError::Overloaded(format!(
-                "the journal cannot record the batch ({err}); nothing was forwarded"
-            ))
-        })?,
+        Some(j) => match icpt.begin(j, w, records).await {
+            Ok(Begun::Held(rows)) => rows,
+            // Fleet mode: the batch repeats one whose writes are recorded already.
+            Ok(Begun::Existing(found)) => return Err(ledger::duplicate_request(w, &found)),
+            Err(err) => {
+                return Err(ProxyError::Overloaded(format!(
+                    "the journal cannot record the batch ({err}); nothing was forwarded"
+                )));
+            }
+        },
         None => Vec::new(),
     };
     let started = Instant::now();

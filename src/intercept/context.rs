@@ -2,31 +2,11 @@
 //! workspace or project, so test runners that cannot change their scripts still get a Build.
 //! Held in memory: a restart clears it (the journal, not this, is what must survive).
 
-use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use serde::{Deserialize, Serialize};
-
-/// Body of `PUT /context`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetContext {
-    pub build: String,
-    /// A workspace ref or ObjectID: the build applies only to writes in that workspace.
-    #[serde(default)]
-    pub workspace: Option<String>,
-    /// A project ref or ObjectID: the build applies only to results of that project.
-    #[serde(default)]
-    pub project: Option<String>,
-}
-
-/// What `GET /context` shows.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct ContextView {
-    pub build: Option<String>,
-    pub workspaces: BTreeMap<String, String>,
-    pub projects: BTreeMap<String, String>,
-}
+// The shapes of a change and of the whole context live in `config::context`, below both this
+// module and the fleet's shared context, which carry them.
+pub use crate::config::context::{ContextView, SetContext};
 
 /// Workspace and project entries the context holds at most, together, and the longest build
 /// it accepts (Rally's own limit on `Build`): the admin API cannot be used to grow memory.
@@ -98,6 +78,14 @@ impl BuildContext {
             _ => *st = ContextView::default(),
         }
         st.clone()
+    }
+
+    /// Takes the whole context from elsewhere: in fleet mode, each snapshot of the fleet's
+    /// shared context (`crate::fleet::SharedContext::watch`), so lookups stay in memory.
+    pub fn replace(&self, view: ContextView) {
+        if let Ok(mut st) = self.state.write() {
+            *st = view;
+        }
     }
 
     pub fn view(&self) -> ContextView {

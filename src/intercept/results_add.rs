@@ -15,6 +15,7 @@ use super::decide::{Decided, Decision};
 use super::enrich::Filled;
 use super::envelope::BodyError;
 use super::hold::{Grouped, Held, Record};
+use super::ledger::{self, Begun};
 use super::{Interceptor, Outcome, WriteCtx, answer};
 use crate::confirm::rally::RallyWrite;
 use crate::confirm::{Answer, Fate, Kind, RawAnswer};
@@ -162,14 +163,17 @@ pub async fn handle(
         });
     };
     let started = Instant::now();
-    let pendings = journal
-        .begin_all(group.held.iter().map(|(_, h)| h.record(w)).collect())
-        .await
-        .map_err(|e| {
-            ProxyError::Overloaded(format!(
+    let records = group.held.iter().map(|(_, h)| h.record(w)).collect();
+    let pendings = match icpt.begin(journal, w, records).await {
+        Ok(Begun::Held(p)) => p,
+        // Fleet mode: the request repeats one whose results are recorded already.
+        Ok(Begun::Existing(found)) => return Err(ledger::duplicate_request(w, &found)),
+        Err(e) => {
+            return Err(ProxyError::Overloaded(format!(
                 "the journal cannot record the results ({e}); nothing was forwarded"
-            ))
-        })?;
+            )));
+        }
+    };
     let template = parts.headers.clone();
     let query = parts.uri.query().map(str::to_string);
     parts.headers.remove(header::ACCEPT_ENCODING);

@@ -11,6 +11,7 @@ use http::Response;
 use super::classify::Operation;
 use super::decide::{Decided, Decision};
 use super::hold::{Held, Record};
+use super::ledger::Begun;
 use super::{Interceptor, Outcome, WriteCtx, answer, envelope};
 use crate::config::Hold;
 use crate::confirm::rally::RallyWrite;
@@ -120,11 +121,24 @@ async fn hold(
     let Some(journal) = icpt.holding() else {
         return Err(ProxyError::Overloaded("the journal is not open".into()));
     };
-    let pending = journal.begin(held.record(w)).await.map_err(|e| {
-        ProxyError::Overloaded(format!(
-            "the journal cannot record the write ({e}); nothing was forwarded"
-        ))
-    })?;
+    let begun = icpt.begin(journal, w, vec![held.record(w)]).await;
+    let pending = match begun {
+        Ok(Begun::Held(mut p)) if p.len() == 1 => p.remove(0),
+        // Fleet mode: a client's retry of a write already recorded is answered from it.
+        Ok(Begun::Existing(mut rows)) if !rows.is_empty() => {
+            return Ok(icpt.answer_existing(w, &held, rows.remove(0)).await);
+        }
+        Ok(_) => {
+            return Err(ProxyError::Overloaded(
+                "the journal recorded no row for the write; nothing was forwarded".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(ProxyError::Overloaded(format!(
+                "the journal cannot record the write ({e}); nothing was forwarded"
+            )));
+        }
+    };
     let id = pending.id();
     if icpt.cfg.confirm.hold == Hold::Ambiguous && held.kind == Kind::Create {
         return hold_ambiguous(icpt, w, held, parts, pending, started).await;

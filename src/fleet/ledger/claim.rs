@@ -39,6 +39,7 @@ impl Claim {
         fleet: Fleet,
         limit: usize,
         user: Option<String>,
+        after: i64,
     ) -> Result<Claim, LedgerError> {
         let shared = fleet.shared.clone();
         let token = Uuid::new_v4();
@@ -56,6 +57,7 @@ impl Claim {
                        OR (w.state = 'pending' AND (p.pod_id IS NULL OR p.lease_until < now())))
                   AND (w.claim_until IS NULL OR w.claim_until < now())
                   AND ($5::text IS NULL OR w.rally_user = $5)
+                  AND w.id > $6
                 ORDER BY w.id LIMIT $3
                 FOR UPDATE OF w SKIP LOCKED)
              UPDATE fleet_writes w
@@ -71,7 +73,8 @@ impl Claim {
         let rows = shared
             .with_client(|c| async move {
                 let (pod, lease, limit) = args;
-                c.query(&sql, &[&token, &pod, &limit, &lease, &user]).await
+                c.query(&sql, &[&token, &pod, &limit, &lease, &user, &after])
+                    .await
             })
             .await?;
         let mut rows: Vec<LedgerRow> = rows.iter().map(LedgerRow::from_row).collect();
