@@ -10,9 +10,10 @@
 #
 # SECONDS_PER (default 5) per target and round, ROUNDS (default 3: the targets interleaved,
 # medians reported) and CONNS (default 32) tune the load; SIZES (default "100 102400")
-# and BLOCKS (default "pinned defaults") choose what runs. BASELINE=/path/to/an/older/rally-sidecar
-# measures that build too, as "before", in the same run and under the same pinning. Each row
-# also gives the proxy's CPU time per request (the sidecar's process, nginx's processes).
+# and BLOCKS (default "pinned defaults") choose what runs. BIN (default the target directory's
+# build) is measured as "rally-sidecar"; BASELINE=/path/to/an/older/rally-sidecar measures that
+# build too, as "before", in the same run and under the same pinning. Each row also gives the
+# proxy's CPU time per request (the sidecar's process, nginx's processes).
 # CAP (default 64) is the sidecar's upstream.max_concurrency_per_credential: the load generator
 # sends one credential on all its connections, and nginx has no per-user cap, so the default
 # cap of 12 (Rally's) would make 20 of the 32 connections queue in the sidecar's governor and
@@ -29,8 +30,8 @@ BASELINE=${BASELINE:-}
 ORIGIN=127.0.0.1:18080
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-BIN=$TARGET/release/rally-sidecar
-LOADGEN=$TARGET/release/examples/passthrough
+BIN=${BIN:-$TARGET/release/rally-sidecar}
+LOADGEN=${LOADGEN:-$TARGET/release/examples/passthrough}
 work=$(mktemp -d)
 trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 
