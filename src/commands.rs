@@ -74,11 +74,12 @@ pub fn block_on(f: impl std::future::Future<Output = u8>) -> u8 {
     }
 }
 
-/// The human log format at `info`, for the commands that run servers without a config.
-pub fn human_logs() {
+/// The human log format at `info`, for the commands that run servers without a config. Hold
+/// the guard until the command ends (see [`crate::telemetry::logging::LogGuard`]).
+pub fn human_logs() -> crate::telemetry::logging::LogGuard {
     crate::telemetry::logging::init(&crate::config::LogConfig {
         format: crate::config::LogFormat::Human,
         level: "info".into(),
         color: crate::config::LogColor::Auto,
-    });
+    })
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -35,7 +35,8 @@ use crate::server::{Body, BoxError, BoxFuture, ConnInfo, Handler};
 use crate::telemetry::metrics::{Direction, DirectionLabels, Metrics};
 use crate::telemetry::redact;
 use crate::wsapi;
-use body::{Ending, Observed};
+use body::{Counted, Ending, Observed};
+use prometheus_client::metrics::counter::Counter;
 
 /// Shared state of the forwarding path.
 pub struct Proxy {
@@ -43,6 +44,10 @@ pub struct Proxy {
     rally: Arc<Rally>,
     metrics: Arc<Metrics>,
     interceptor: Arc<Interceptor>,
+    /// The two byte counters, looked up once (a labelled lookup per request costs a hash and
+    /// a lock).
+    bytes_in: Counter,
+    bytes_out: Counter,
 }
 
 impl Proxy {
@@ -52,7 +57,15 @@ impl Proxy {
         metrics: Arc<Metrics>,
         interceptor: Arc<Interceptor>,
     ) -> Self {
+        let bytes = |direction| {
+            metrics
+                .bytes
+                .get_or_create(&DirectionLabels { direction })
+                .clone()
+        };
         Proxy {
+            bytes_in: bytes(Direction::Request),
+            bytes_out: bytes(Direction::Response),
             cfg,
             rally,
             metrics,
@@ -78,18 +91,23 @@ impl Proxy {
     /// Handles one request; always answers. Phase 1, **identify**: the request's context is
     /// built here, once, and every later phase reads it.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        // Classified first: only an intercepted write needs its arrival formatted as a date.
+        let op = crate::intercept::classify::classify(req.method(), req.uri().path());
+        let credential = self.rally.credential(req.headers());
         let ctx = RequestCtx::new(
             request_id(&req),
             conn,
             client_origin_of(req.headers(), req.uri(), conn.tls),
-            self.rally.credential(req.headers()),
+            credential,
+            op.is_intercepted(),
         );
         // Learn whose credential this is (once, in the background): Rally's cap is per user,
-        // so the governor counts a user's keys together as soon as it knows.
+        // so the governor counts a user's keys together as soon as it knows. Not again while
+        // a lookup has failed recently (a spawned task per request costs the streaming path).
         if let Some(cred) = ctx
             .credential
             .as_ref()
-            .filter(|c| !self.rally.knows_user(c))
+            .filter(|c| !self.rally.knows_user(c) && !self.interceptor.lookups.owner_unknown(c))
         {
             let (lookups, cred) = (self.interceptor.lookups.clone(), cred.clone());
             tokio::spawn(async move {
@@ -98,15 +116,26 @@ impl Proxy {
         }
         let span = tracing::info_span!("request", id = %ctx.id);
         let method = req.method().clone();
-        let path = redact::path_and_query(
-            req.uri()
-                .path_and_query()
-                .map(|pq| pq.as_str())
-                .unwrap_or("/"),
-        )
-        .into_owned();
+        // Kept as received (a cheap reference-counted copy); redacted only when the access
+        // line is written.
+        let target = req.uri().path_and_query().cloned();
 
-        let mut resp = match self.forward(&ctx, req).instrument(span.clone()).await {
+        let forwarded = if op.is_intercepted() {
+            // The interception path's future is large (guard, journal, confirmation): boxed,
+            // so that the streaming path's future stays small and cheap to move.
+            Box::pin(self.intercepted(&ctx, op, req).instrument(span.clone())).await
+        } else {
+            // Only debug events (hyper's) happen inside the streaming path; the sidecar's own
+            // are written in the span below. So the span is entered on every poll only when
+            // some filter lets debug events through.
+            let streamed = self.stream(&ctx, &op, req);
+            if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
+                streamed.instrument(span.clone()).await
+            } else {
+                streamed.await
+            }
+        };
+        let mut resp = match forwarded {
             Ok(resp) => resp,
             Err(err) => {
                 span.in_scope(|| tracing::warn!(error = %err, code = err.code(), "answering with a sidecar error"));
@@ -120,61 +149,85 @@ impl Proxy {
             }
         };
         if let Ok(v) = HeaderValue::from_str(&ctx.id) {
-            resp.headers_mut().insert(wsapi::headers::REQUEST_ID, v);
+            resp.headers_mut().insert(REQUEST_ID, v);
         }
         let status = resp.status();
         self.metrics.record_request(&method, status);
 
-        let metrics = self.metrics.clone();
-        let done = Box::new(move |bytes_out: u64, ending: Ending| {
-            let bytes_in = ctx.bytes_in.load(Ordering::Relaxed);
-            metrics
-                .bytes
-                .get_or_create(&DirectionLabels {
-                    direction: Direction::Response,
-                })
-                .inc_by(bytes_out);
-            metrics
-                .bytes
-                .get_or_create(&DirectionLabels {
-                    direction: Direction::Request,
-                })
-                .inc_by(bytes_in);
-            span.in_scope(|| {
-                tracing::info!(
-                    target: "rally_sidecar::access",
-                    method = %method,
-                    path = %path,
-                    status = status.as_u16(),
-                    bytes_in,
-                    bytes_out,
-                    total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-                    upstream_ms = ctx.upstream_ms().unwrap_or(-1.0),
-                    complete = ending == Ending::Complete,
-                    "access"
-                )
-            });
-        });
-        resp.map(|b| {
-            Observed::new(
-                b,
-                Arc::new(std::sync::atomic::AtomicU64::new(0)),
-                Some(done),
-            )
-            .boxed_unsync()
-        })
+        let access = AccessLog {
+            ctx,
+            span,
+            method,
+            target,
+            status,
+            bytes_in: self.bytes_in.clone(),
+            bytes_out: self.bytes_out.clone(),
+        };
+        resp.map(|b| Observed::new(b, access).boxed_unsync())
     }
 
-    /// Phases 2–4: admit, classify (only TestCaseResult writes leave the streaming path),
-    /// forward, relay.
-    async fn forward(
+    /// Pass-through (phases 2–4 for everything that is not an intercepted write): admit,
+    /// forward with the body streamed as it arrives, relay.
+    async fn stream(
         &self,
         ctx: &RequestCtx,
+        op: &Operation,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         self.admit(&req, &ctx.conn)?;
-        let op = crate::intercept::classify::classify(req.method(), req.uri().path());
-        if let Operation::OtherVersion { version } = &op {
+        self.count_other_version(op);
+        let is_head = req.method() == Method::HEAD;
+        let (mut parts, incoming) = req.into_parts();
+        if let Some(cred) = &ctx.credential {
+            parts.extensions.insert(cred.clone());
+        }
+        // A body known to be empty (most GETs) is sent as is: nothing to count.
+        let body = if incoming.is_end_stream() {
+            incoming.map_err(crate::server::box_hyper).boxed_unsync()
+        } else {
+            // A streamed body may not stall longer than listen.body_read_timeout between chunks.
+            let paced =
+                crate::server::deadline::Paced::new(incoming, self.cfg.listen.body_read_timeout);
+            Counted::new(paced, ctx.bytes_in.clone()).boxed_unsync()
+        };
+        let sent = self
+            .rally
+            .send(parts, body, Some(&ctx.conn), Priority::Normal)
+            .await?;
+        ctx.record_upstream(sent.upstream_ms);
+        Ok(self.relay(sent.response, ctx.client_origin.as_deref(), is_head))
+    }
+
+    /// Phases 2–4 for a TestCaseResult write: admit, hand it to the interception layer, and
+    /// forward what it gives back from a buffer.
+    async fn intercepted(
+        &self,
+        ctx: &RequestCtx,
+        op: Operation,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.admit(&req, &ctx.conn)?;
+        match crate::intercept::handle(&self.interceptor, ctx, op, req).await? {
+            Outcome::Answer(resp) => Ok(resp),
+            Outcome::Forward {
+                parts,
+                body,
+                headers,
+            } => {
+                let mut resp = self.forward_buffered(ctx, parts, body).await?;
+                for (k, v) in headers {
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        resp.headers_mut().insert(k, v);
+                    }
+                }
+                Ok(resp)
+            }
+        }
+    }
+
+    /// Counts requests for other WSAPI versions (they pass through untouched).
+    fn count_other_version(&self, op: &Operation) {
+        if let Operation::OtherVersion { version } = op {
             self.metrics
                 .other_versions
                 .get_or_create(&crate::telemetry::metrics::VersionLabels {
@@ -182,36 +235,6 @@ impl Proxy {
                 })
                 .inc();
         }
-        if op.is_intercepted() {
-            return match crate::intercept::handle(&self.interceptor, ctx, op, req).await? {
-                Outcome::Answer(resp) => Ok(resp),
-                Outcome::Forward {
-                    parts,
-                    body,
-                    headers,
-                } => {
-                    let mut resp = self.forward_buffered(ctx, parts, body).await?;
-                    for (k, v) in headers {
-                        if let Ok(v) = HeaderValue::from_str(&v) {
-                            resp.headers_mut().insert(k, v);
-                        }
-                    }
-                    Ok(resp)
-                }
-            };
-        }
-        let is_head = req.method() == Method::HEAD;
-        let (parts, incoming) = req.into_parts();
-        // A streamed body may not stall longer than listen.body_read_timeout between chunks.
-        let incoming =
-            crate::server::deadline::Paced::new(incoming, self.cfg.listen.body_read_timeout);
-        let body = Observed::new(incoming, ctx.bytes_in.clone(), None).boxed_unsync();
-        let sent = self
-            .rally
-            .send(parts, body, Some(&ctx.conn), Priority::Normal)
-            .await?;
-        ctx.record_upstream(sent.upstream_ms);
-        Ok(self.relay(sent.response, ctx.client_origin.as_deref(), is_head))
     }
 
     /// Forwards a request whose (possibly rewritten) body is already in memory, and relays
@@ -258,7 +281,9 @@ impl Proxy {
         Ok(())
     }
 
-    /// Phase 4: hop-by-hop headers out, `Location` and JSON bodies rewritten to the client's origin.
+    /// Phase 4: hop-by-hop headers out, `Location` and JSON bodies rewritten to the client's
+    /// origin. A rewriter is built only for what it will rewrite: most answers stream as they
+    /// came.
     fn relay(
         &self,
         resp: Response<Body>,
@@ -267,38 +292,69 @@ impl Proxy {
     ) -> Response<Body> {
         let (mut parts, mut body) = resp.into_parts();
         crate::rally::headers::strip_hop_by_hop(&mut parts.headers);
-
-        let rewriter = client_origin
-            .filter(|_| self.cfg.rewrite_refs)
-            .and_then(|to| refs::Rewriter::new(self.rally.origin(), to));
-        if let Some(rw) = rewriter {
-            if let Some(loc) = parts
-                .headers
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                && let Some(new) = refs::rewrite_location(
-                    loc,
-                    self.rally.origin(),
-                    client_origin.unwrap_or_default(),
-                )
-                && let Ok(v) = HeaderValue::from_str(&new)
-            {
-                parts.headers.insert(header::LOCATION, v);
-            }
-            let has_body = !is_head
-                && parts.status != StatusCode::NO_CONTENT
-                && parts.status != StatusCode::NOT_MODIFIED
-                && !parts.status.is_informational();
-            if has_body
-                && is_json(&parts.headers)
-                && let Some(coding) = coding(&parts.headers)
-            {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                self.metrics.ref_rewrites.inc();
-                body = refs::rewrite_body(body, coding, rw);
-            }
+        let Some(to) = client_origin.filter(|_| self.cfg.rewrite_refs) else {
+            return Response::from_parts(parts, body);
+        };
+        let from = self.rally.origin();
+        if let Some(loc) = parts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            && let Some(new) = refs::rewrite_location(loc, from, to)
+            && let Ok(v) = HeaderValue::from_str(&new)
+        {
+            parts.headers.insert(header::LOCATION, v);
+        }
+        let has_body = !is_head
+            && parts.status != StatusCode::NO_CONTENT
+            && parts.status != StatusCode::NOT_MODIFIED
+            && !parts.status.is_informational();
+        if has_body
+            && is_json(&parts.headers)
+            && let Some(coding) = coding(&parts.headers)
+            && let Some(rw) = refs::Rewriter::new(from, to)
+        {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            self.metrics.ref_rewrites.inc();
+            body = refs::rewrite_body(body, coding, rw);
         }
         Response::from_parts(parts, body)
+    }
+}
+
+/// Phase 5, **log**: what the access line needs, kept until the response body ends. Written
+/// once, from [`Observed`], with the real byte counts.
+struct AccessLog {
+    ctx: RequestCtx,
+    span: tracing::Span,
+    method: Method,
+    /// The request target as received; redacted when the line is written.
+    target: Option<http::uri::PathAndQuery>,
+    status: StatusCode,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl body::Finish for AccessLog {
+    fn finish(self, bytes_out: u64, ending: Ending) {
+        let bytes_in = self.ctx.bytes_in.load(Ordering::Relaxed);
+        self.bytes_out.inc_by(bytes_out);
+        self.bytes_in.inc_by(bytes_in);
+        let path = redact::path_and_query(self.target.as_ref().map_or("/", |pq| pq.as_str()));
+        self.span.in_scope(|| {
+            tracing::info!(
+                target: "rally_sidecar::access",
+                method = %self.method,
+                path = %path,
+                status = self.status.as_u16(),
+                bytes_in,
+                bytes_out,
+                total_ms = self.ctx.started.elapsed().as_secs_f64() * 1000.0,
+                upstream_ms = self.ctx.upstream_ms().unwrap_or(-1.0),
+                complete = ending == Ending::Complete,
+                "access"
+            )
+        });
     }
 }
 
@@ -316,14 +372,23 @@ impl Handler for ProxyHandler {
     }
 }
 
+/// The request id header, named once (a `&str` name is parsed on every use).
+const REQUEST_ID: header::HeaderName = header::HeaderName::from_static(wsapi::headers::REQUEST_ID);
+
 /// `X-Request-Id` if the client sent a sane one, else a new UUID.
 fn request_id<B>(req: &Request<B>) -> String {
     req.headers()
-        .get(wsapi::headers::REQUEST_ID)
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(|| {
+            let mut buf = uuid::Uuid::encode_buffer();
+            uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut buf)
+                .to_string()
+        })
 }
 
 /// The origin the client used: scheme of the listener + `Host` (or the HTTP/2 authority).
@@ -331,21 +396,25 @@ fn client_origin_of(headers: &http::HeaderMap, uri: &http::Uri, tls: bool) -> Op
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.as_str().to_string()))?;
-    let origin = format!("{}://{}", if tls { "https" } else { "http" }, host);
+        .or_else(|| uri.authority().map(|a| a.as_str()))?;
+    let scheme = if tls { "https://" } else { "http://" };
+    let mut origin = String::with_capacity(scheme.len() + host.len());
+    origin.push_str(scheme);
+    origin.push_str(host);
     refs::safe_origin(&origin).then_some(origin)
 }
 
+/// Whether a `Content-Type` names JSON (or JSONP's JavaScript), in any letter case.
 fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
+    let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            let ct = ct.to_ascii_lowercase();
-            ct.contains("json") || ct.contains("javascript")
-        })
-        .unwrap_or(false)
+    else {
+        return false;
+    };
+    let ct = ct.as_bytes();
+    let has = |word: &[u8]| ct.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
+    has(b"json") || has(b"javascript")
 }
 
 fn coding(headers: &http::HeaderMap) -> Option<refs::Coding> {

@@ -192,7 +192,13 @@ impl Rally {
         conn: Option<&ConnInfo>,
         priority: Priority,
     ) -> Result<Sent, ProxyError> {
-        let slot = match self.fingerprints.of(&parts.headers) {
+        // The proxy has already fingerprinted a client's credential (an HMAC) and passes it
+        // along in the request's extensions rather than have it computed twice.
+        let cred = parts
+            .extensions
+            .remove::<Credential>()
+            .or_else(|| self.fingerprints.of(&parts.headers));
+        let slot = match cred {
             Some(c) => Some(
                 self.slots
                     .acquire(&self.lane_of(c.fingerprint()), priority)
@@ -205,11 +211,20 @@ impl Rally {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        parts.uri = http::Uri::builder()
-            .scheme(self.cfg.upstream.origin.scheme_str().unwrap_or("https"))
-            .authority(self.authority.to_str().unwrap_or_default())
-            .path_and_query(pq)
-            .build()
+        // Scheme and authority are the configured origin's, already parsed: copied, not
+        // parsed again from text on every request.
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(
+            self.cfg
+                .upstream
+                .origin
+                .scheme()
+                .cloned()
+                .unwrap_or(http::uri::Scheme::HTTPS),
+        );
+        uri.authority = self.cfg.upstream.origin.authority().cloned();
+        uri.path_and_query = Some(pq);
+        parts.uri = http::Uri::from_parts(uri)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
         parts.version = Version::HTTP_11;
         let forwarded = conn

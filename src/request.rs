@@ -15,7 +15,8 @@ use crate::server::ConnInfo;
 pub struct RequestCtx {
     /// `X-Request-Id` as received, or a new UUID.
     pub id: String,
-    /// Arrival, formatted as Rally formats dates (the Date filled into results).
+    /// Arrival, formatted as Rally formats dates (the Date filled into results); empty on the
+    /// streaming path, which never reads it (formatting a date per request is not free).
     pub received_at: String,
     pub started: Instant,
     pub conn: ConnInfo,
@@ -35,10 +36,15 @@ impl RequestCtx {
         conn: ConnInfo,
         client_origin: Option<String>,
         credential: Option<Credential>,
+        intercepted: bool,
     ) -> RequestCtx {
         RequestCtx {
             id,
-            received_at: crate::wsapi::format_date(time::OffsetDateTime::now_utc()),
+            received_at: if intercepted {
+                crate::wsapi::format_date(time::OffsetDateTime::now_utc())
+            } else {
+                String::new()
+            },
             started: Instant::now(),
             conn,
             client_origin,

@@ -542,7 +542,8 @@ pub fn cli(args: crate::commands::ConfigArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    crate::telemetry::logging::init(&cfg.log);
+    // Held until the process is done: dropping it writes the last batched access lines.
+    let _logs = crate::telemetry::logging::init(&cfg.log);
     crate::commands::block_on(async move {
         let listeners = match Listeners::bind(&cfg).await {
             Ok(l) => l,

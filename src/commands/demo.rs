@@ -115,7 +115,7 @@ pub fn cli(
     if let Some(d) = dir {
         opts.dir = d;
     }
-    super::human_logs();
+    let _logs = super::human_logs();
     super::block_on(async move {
         let token = tokio_util::sync::CancellationToken::new();
         crate::cancel_on_signals(token.clone());

@@ -77,7 +77,7 @@ pub fn cli(args: SimulateArgs) -> u8 {
             }
         };
     }
-    super::human_logs();
+    let _logs = super::human_logs();
     let fixtures = match &args.fixtures {
         Some(p) => match Fixtures::from_file(p) {
             Ok(f) => f,

@@ -1,7 +1,8 @@
-//! Body wrappers on the forwarding path: they count bytes as frames stream by (nothing is
-//! buffered) and run a completion callback exactly once — at the end of the body, on a body
-//! error, or when the body is dropped early because the client went away. The access-log line
-//! is written from that callback, so it carries the real byte count and total latency.
+//! Body wrappers on the forwarding path. They count bytes as frames stream by (nothing is
+//! buffered). [`Observed`] also runs a completion once — at the end of the body, on a body
+//! error, or when the body is dropped early because the client went away — which is where the
+//! access-log line is written, so it carries the real byte count and total latency.
+//! [`Counted`] only counts (a request body on its way upstream).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,39 +23,104 @@ pub enum Ending {
     Aborted,
 }
 
-type Done = Box<dyn FnOnce(u64, Ending) + Send>;
+/// What runs once when an [`Observed`] body ends: a plain value rather than a boxed closure,
+/// so observing a body costs no allocation of its own.
+pub trait Finish {
+    fn finish(self, bytes: u64, ending: Ending);
+}
 
 pin_project_lite::pin_project! {
-    /// Counts data bytes into `counter` and calls `done` once when the body ends.
-    pub struct Observed<B: HttpBody> {
+    /// Counts data bytes and calls `done` once when the body ends.
+    pub struct Observed<B: HttpBody, F: Finish> {
         #[pin]
         inner: B,
-        counter: Arc<AtomicU64>,
-        done: Option<Done>,
+        bytes: u64,
+        done: Option<F>,
     }
 
-    impl<B: HttpBody> PinnedDrop for Observed<B> {
+    impl<B: HttpBody, F: Finish> PinnedDrop for Observed<B, F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(done) = this.done.take() {
                 let ending = if this.inner.is_end_stream() { Ending::Complete } else { Ending::Aborted };
-                done(this.counter.load(Ordering::Relaxed), ending);
+                done.finish(*this.bytes, ending);
             }
         }
     }
 }
 
-impl<B: HttpBody> Observed<B> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>, done: Option<Done>) -> Self {
+impl<B: HttpBody, F: Finish> Observed<B, F> {
+    pub fn new(inner: B, done: F) -> Self {
         Observed {
             inner,
-            counter,
-            done,
+            bytes: 0,
+            done: Some(done),
         }
     }
 }
 
-impl<B> HttpBody for Observed<B>
+impl<B, F> HttpBody for Observed<B, F>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    F: Finish,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(done) = this.done.take() {
+                    done.finish(*this.bytes, Ending::Error);
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(done) = this.done.take() {
+                    done.finish(*this.bytes, Ending::Complete);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts data bytes into a counter shared with the request's context.
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        counter: Arc<AtomicU64>,
+    }
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        Counted { inner, counter }
+    }
+}
+
+impl<B> HttpBody for Counted<B>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -74,18 +140,8 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(done) = this.done.take() {
-                    done(this.counter.load(Ordering::Relaxed), Ending::Error);
-                }
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                if let Some(done) = this.done.take() {
-                    done(this.counter.load(Ordering::Relaxed), Ending::Complete);
-                }
-                Poll::Ready(None)
-            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -96,5 +152,43 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use std::sync::Mutex;
+
+    struct Record(Arc<Mutex<Vec<(u64, Ending)>>>);
+    impl Finish for Record {
+        fn finish(self, bytes: u64, ending: Ending) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((bytes, ending));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn finishes_once_with_the_bytes_at_the_end() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let body = Observed::new(
+            Full::new(Bytes::from_static(b"hello")),
+            Record(seen.clone()),
+        );
+        let collected = body.collect().await.expect("body").to_bytes();
+        assert_eq!(&collected[..], b"hello");
+        assert_eq!(*seen.lock().expect("lock"), vec![(5, Ending::Complete)]);
+    }
+
+    #[tokio::test]
+    async fn an_unread_body_dropped_is_aborted() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        drop(Observed::new(
+            Full::new(Bytes::from_static(b"hello")),
+            Record(seen.clone()),
+        ));
+        assert_eq!(*seen.lock().expect("lock"), vec![(0, Ending::Aborted)]);
     }
 }

@@ -193,6 +193,12 @@ impl Lookups {
         }
     }
 
+    /// Whether a lookup with this credential failed moments ago: [`Lookups::owner`] would
+    /// answer from that memory, so there is no point in asking it again yet.
+    pub fn owner_unknown(&self, cred: &Credential) -> bool {
+        self.failures.contains_key(cred.fingerprint())
+    }
+
     /// The caller's Rally user (cached per credential): the Tester a result gets when it
     /// names none, and who the journal says wrote it. Once known, the credential's requests
     /// count against that user's slots (Rally's cap is per user, whatever the key).

@@ -4,20 +4,33 @@
 //! the JSON format escapes control characters as JSON does, and the human format writes them
 //! through [`redact::escape_controls`], so one event is always one line.
 //!
-//! Lines go straight to stderr, one write per line. A background writer thread
-//! (tracing-appender) was measured slower on a 2-core machine: the extra thread competes with
-//! the workers (docs/benchmarks.md). The human format colours only a terminal (`log.color`):
-//! escape codes in a file or a pipe make logs hard to read and to grep. The JSON format never
-//! colours, and nests event fields under `fields` and the span under `span`, so a field named
-//! like a top-level key cannot make a line with duplicated keys.
+//! Lines go to stderr through [`sink`]: access lines in batches (at most [`sink::INTERVAL`]
+//! late, all written when the process stops cleanly — keep the [`LogGuard`] that [`init`]
+//! returns until then), every other line at once. The access line itself is formatted by
+//! [`access`], the rest by tracing-subscriber. (A background writer thread per line,
+//! tracing-appender's, was measured slower on a 2-core machine: it woke a thread per line.)
+//! The human format colours only a terminal (`log.color`): escape codes in a file or a pipe
+//! make logs hard to read and to grep. The JSON format never colours, and nests event fields
+//! under `fields` and the span under `span`, so a field named like a top-level key cannot make
+//! a line with duplicated keys.
+
+pub mod access;
+pub mod sink;
 
 use std::io::IsTerminal;
+use std::sync::LazyLock;
+
+use tracing_subscriber::fmt::MakeWriter;
 
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::FormatFields;
 
 use crate::config::{LogColor, LogConfig, LogFormat};
 use crate::telemetry::redact;
+use sink::{LineWriter, Sink};
+
+/// The process's stderr, batched.
+static STDERR: LazyLock<Sink> = LazyLock::new(|| Sink::new(Box::new(std::io::stderr())));
 
 /// Whether the human format writes ANSI colours: `auto` colours a terminal only, and not
 /// when `NO_COLOR` is set (no-color.org).
@@ -29,8 +42,50 @@ pub fn use_color(color: LogColor, stderr_is_terminal: bool, no_color: bool) -> b
     }
 }
 
+/// Writes every buffered log line now.
+pub fn flush() {
+    STDERR.flush();
+}
+
+/// Writes the buffered access lines when dropped: held by `main` for as long as the process
+/// logs, so that a clean stop loses none.
+#[must_use = "the buffered access lines are written when the guard is dropped"]
+pub struct LogGuard(());
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
+/// Hands tracing-subscriber a writer per line: access lines may wait for their batch.
+#[derive(Clone, Copy)]
+struct ToSink(&'static Sink);
+
+impl<'a> MakeWriter<'a> for ToSink {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> LineWriter<'a> {
+        LineWriter {
+            sink: self.0,
+            defer: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineWriter<'a> {
+        let defer = meta.target() == access::TARGET;
+        if defer {
+            self.0.start_flusher();
+        }
+        LineWriter {
+            sink: self.0,
+            defer,
+        }
+    }
+}
+
 /// Installs the global subscriber. Safe to call twice (the second call is ignored).
-pub fn init(cfg: &LogConfig) {
+pub fn init(cfg: &LogConfig) -> LogGuard {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
@@ -39,13 +94,19 @@ pub fn init(cfg: &LogConfig) {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(ToSink(&STDERR));
     let _ = match cfg.format {
         LogFormat::Json => builder
             .json()
             .with_ansi(false)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(access::JsonSpanFields)
+            .event_format(access::Fast {
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+                json: true,
+            })
             .try_init(),
         LogFormat::Human => builder
             .with_ansi(use_color(
@@ -54,8 +115,13 @@ pub fn init(cfg: &LogConfig) {
                 no_color,
             ))
             .fmt_fields(escaping_fields())
+            .event_format(access::Fast {
+                inner: tracing_subscriber::fmt::format(),
+                json: false,
+            })
             .try_init(),
     };
+    LogGuard(())
 }
 
 /// The human format's fields: `message name=value ...`, each value's control characters escaped.

@@ -119,7 +119,13 @@ pub struct Metrics {
     pub confirm_latency: Histogram,
     pub duplicates_avoided: Counter,
     pub journal_backlog: Gauge,
+    /// `requests` counters already looked up, by method and status class (1xx to 5xx): a
+    /// labelled lookup per request costs a formatted string, a hash and a lock.
+    request_counters: [std::sync::OnceLock<Counter>; METHODS * 5],
 }
+
+/// How many [`Method`] labels there are.
+const METHODS: usize = Method::Other as usize + 1;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -233,6 +239,7 @@ impl Metrics {
             confirm_latency,
             duplicates_avoided,
             journal_backlog,
+            request_counters: [const { std::sync::OnceLock::new() }; METHODS * 5],
             intercepted,
             other_versions,
             filled,
@@ -249,13 +256,22 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn record_request(&self, method: &http::Method, status: http::StatusCode) {
-        let class = format!("{}xx", status.as_u16() / 100);
-        self.requests
-            .get_or_create(&RequestLabels {
-                method: method.into(),
-                status_class: class,
-            })
-            .inc();
+        let method = Method::from(method);
+        let class = usize::from(status.as_u16() / 100);
+        let labels = || RequestLabels {
+            method: method.clone(),
+            status_class: format!("{class}xx"),
+        };
+        match self
+            .request_counters
+            .get((method.clone() as usize) * 5 + class.wrapping_sub(1))
+            .filter(|_| (1..=5).contains(&class))
+        {
+            Some(cached) => cached
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
     }
 
     /// The Prometheus text exposition of every metric.
@@ -265,5 +281,29 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_method_and_class_through_the_cached_counters() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.record_request(&http::Method::GET, http::StatusCode::OK);
+        }
+        m.record_request(&http::Method::POST, http::StatusCode::SERVICE_UNAVAILABLE);
+        let odd = http::StatusCode::from_u16(999).expect("a status hyper accepts");
+        m.record_request(&http::Method::from_bytes(b"PROPFIND").expect("method"), odd);
+        let text = m.encode();
+        for line in [
+            r#"rally_sidecar_requests_total{method="Get",status_class="2xx"} 3"#,
+            r#"rally_sidecar_requests_total{method="Post",status_class="5xx"} 1"#,
+            r#"rally_sidecar_requests_total{method="Other",status_class="9xx"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

@@ -85,24 +85,38 @@ pub fn header_value<'a>(name: &str, value: &'a str) -> Cow<'a, str> {
 /// separators and bidi overrides written as escapes — `\n`, `\r`, `\t`, `\u{1b}` — before it
 /// reaches a log line or a terminal. Everything else is kept.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
+    push_escaped_controls(&mut out, text);
+    Cow::Owned(out)
+}
+
+/// Appends `text` to `out` escaped as [`escape_controls`] escapes it (the access line is
+/// written this way, without a string of its own per field).
+pub fn push_escaped_controls(out: &mut String, text: &str) {
+    if !text.chars().any(unsafe_char) {
+        out.push_str(text);
+        return;
+    }
     for c in text.chars() {
         match c {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if unsafe_char(c) => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
             c => out.push(c),
         }
     }
-    Cow::Owned(out)
+}
+
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]

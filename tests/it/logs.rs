@@ -196,3 +196,147 @@ async fn the_human_format_colours_only_when_asked_or_on_a_terminal() {
         "log.color = always: {coloured:?}"
     );
 }
+
+/// Access lines are written in batches (telemetry::logging::sink); a clean stop writes every
+/// one of them, however soon after the requests it comes. Only access lines are logged here,
+/// so no other line at the stop ("draining", "stopped") writes them out on its way.
+#[tokio::test]
+async fn a_clean_stop_writes_every_access_line() {
+    let sim = simulator(SimOptions::default()).await;
+    let dir = temp_dir("logs-batched");
+    // The addresses are chosen here: the ready line that names them is not logged.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (proxy, admin) = (free(), free());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"))
+        .args(["serve", "--listen", &proxy.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--upstream", &sim.base_url])
+        .env("RALLY_SIDECAR_LOG_FORMAT", "json")
+        // The request span (target rally_sidecar::proxy) carries the id into the access line.
+        .env(
+            "RALLY_SIDECAR_LOG_LEVEL",
+            "warn,rally_sidecar::access=info,rally_sidecar::proxy=info",
+        )
+        .env("RALLY_SIDECAR_JOURNAL_PATH", dir.join("journal.sqlite"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let log = tokio::spawn(async move {
+        let mut all = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut all).await;
+        all
+    });
+    let url = format!("http://{proxy}{WS}/defect?fetch=Name");
+    let mut up = false;
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(proxy).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the sidecar listens");
+    let n = 200;
+    for i in 0..n {
+        let id = format!("batched-access-{i}");
+        let a = send(
+            Method::GET,
+            &url,
+            &[("zsessionid", "_sim_alice_key"), ("x-request-id", &id)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(a.status, http::StatusCode::OK);
+    }
+    tracing::info!("{n} requests answered; stopping the sidecar at once");
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
+    let log = log.await.expect("stderr read to its end");
+    let access = log
+        .lines()
+        .filter(|l| l.contains("batched-access-") && l.contains("\"access\""))
+        .count();
+    assert_eq!(access, n, "one access line per request:\n{log}");
+    sim.stop().await;
+}
+
+/// When whatever read the sidecar's stderr has gone away, logging fails quietly: the sidecar
+/// still serves and still stops on SIGTERM (tracing-subscriber's own writer reported the
+/// failed write with `eprintln!`, which panics on a closed stderr — in the signal task, so
+/// SIGTERM was lost).
+#[tokio::test]
+async fn a_closed_stderr_does_not_stop_the_sidecar_from_stopping() {
+    let sim = simulator(SimOptions::default()).await;
+    let dir = temp_dir("logs-closed");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--upstream", &sim.base_url])
+    .env("RALLY_SIDECAR_LOG_FORMAT", "json")
+    .env("RALLY_SIDECAR_JOURNAL_PATH", dir.join("journal.sqlite"))
+    .env_remove("RUST_LOG")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let mut proxy = None;
+    while proxy.is_none() {
+        let line = reader
+            .next_line()
+            .await
+            .expect("read")
+            .expect("the sidecar started");
+        proxy = rally_sidecar_harness::soak::ready_addrs(&line).map(|(p, _)| p);
+    }
+    drop(reader);
+    let proxy = proxy.expect("proxy address");
+    for _ in 0..3 {
+        let a = send(
+            Method::GET,
+            &format!("http://{proxy}{WS}/defect"),
+            &[("zsessionid", "_sim_alice_key")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            a.status,
+            http::StatusCode::OK,
+            "still serving with nobody reading its logs"
+        );
+    }
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
+    assert!(
+        matches!(status, Ok(Ok(s)) if s.success()),
+        "stopped cleanly on SIGTERM: {status:?}"
+    );
+    sim.stop().await;
+}
