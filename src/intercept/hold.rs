@@ -360,7 +360,7 @@ mod tests {
             local: addr,
             tls: false,
         };
-        let req = RequestCtx::new("r1".into(), conn, None, Some(cred.clone()));
+        let req = RequestCtx::new("r1".into(), conn, None, Some(cred.clone()), true);
         let w = WriteCtx {
             req: &req,
             cred: &cred,

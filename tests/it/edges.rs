@@ -436,7 +436,11 @@ async fn outbound_proxy_from_config_with_basic_auth() {
         StatusCode::BAD_GATEWAY,
         "a refused tunnel is a failed upstream"
     );
-    assert_eq!(proxy.refused.load(Ordering::SeqCst), 1);
+    // At least one: hyper's pool may open a second connection while the first is refused.
+    assert!(
+        proxy.refused.load(Ordering::SeqCst) >= 1,
+        "the tunnel was refused for the wrong credentials"
+    );
     sidecar.stop().await;
 }
 
