@@ -51,7 +51,7 @@ impl Readiness {
 }
 
 /// Everything the admin endpoints read.
-pub struct Admin {
+pub(crate) struct Admin {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub enable_shutdown: bool,
@@ -78,7 +78,7 @@ pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Respon
     r
 }
 
-pub mod auth;
+pub(crate) mod auth;
 mod builds;
 mod context;
 mod page;
@@ -133,7 +133,7 @@ impl Admin {
     }
 }
 
-pub struct AdminHandler(pub Arc<Admin>);
+pub(crate) struct AdminHandler(pub Arc<Admin>);
 
 impl Handler for AdminHandler {
     fn call(

@@ -131,10 +131,6 @@ impl UpstreamConfig {
         let authority = self.origin.authority().map(|a| a.as_str()).unwrap_or("");
         format!("{scheme}://{authority}")
     }
-
-    pub fn is_tls(&self) -> bool {
-        self.origin.scheme_str() == Some("https")
-    }
 }
 
 pub use admin::{AdminConfig, AdminToken};

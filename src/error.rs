@@ -15,7 +15,7 @@ use crate::server::Body;
 use crate::wsapi::{self, Envelope};
 
 /// Header naming the sidecar as the source of an answer, with a stable code.
-pub const ERROR_HEADER: &str = wsapi::headers::ERROR;
+pub(crate) const ERROR_HEADER: &str = wsapi::headers::ERROR;
 
 /// Which side of the proxy a failure belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl ProxyError {
 }
 
 /// Builds a WSAPI-shaped JSON response carrying `message` in `Errors`.
-pub fn wsapi_response(
+pub(crate) fn wsapi_response(
     status: StatusCode,
     kind: Envelope,
     code: &str,
@@ -137,7 +137,7 @@ pub fn wsapi_response(
 }
 
 /// The rescue: one function turning any `ProxyError` into the client's answer.
-pub fn rescue(err: &ProxyError) -> Response<Body> {
+pub(crate) fn rescue(err: &ProxyError) -> Response<Body> {
     if let ProxyError::Refused {
         status,
         kind,
@@ -175,14 +175,14 @@ pub fn rescue(err: &ProxyError) -> Response<Body> {
 }
 
 /// A body from bytes, boxed to the common body type.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
 /// An empty body.
-pub fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     http_body_util::Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync()

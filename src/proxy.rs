@@ -12,7 +12,7 @@
 //!
 //! Failures become [`ProxyError`]s and are answered in one place, [`crate::error::rescue`].
 
-pub mod body;
+pub(crate) mod body;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,7 +39,7 @@ use body::{Counted, Ending, Observed};
 use prometheus_client::metrics::counter::Counter;
 
 /// Shared state of the forwarding path.
-pub struct Proxy {
+pub(crate) struct Proxy {
     cfg: Arc<Config>,
     rally: Arc<Rally>,
     metrics: Arc<Metrics>,
@@ -51,7 +51,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(
+    pub(crate) fn new(
         cfg: Arc<Config>,
         rally: Arc<Rally>,
         metrics: Arc<Metrics>,
@@ -73,24 +73,23 @@ impl Proxy {
         }
     }
 
-    /// The Rally client.
-    pub fn rally(&self) -> &Arc<Rally> {
-        &self.rally
-    }
-
     /// The interception layer (the drain waits for its background read-backs).
-    pub fn interceptor(&self) -> &Arc<Interceptor> {
+    pub(crate) fn interceptor(&self) -> &Arc<Interceptor> {
         &self.interceptor
     }
 
     /// The token that makes held writes answer at once (cancelled near the shutdown deadline).
-    pub fn give_up(&self) -> tokio_util::sync::CancellationToken {
+    pub(crate) fn give_up(&self) -> tokio_util::sync::CancellationToken {
         self.interceptor.give_up.clone()
     }
 
     /// Handles one request; always answers. Phase 1, **identify**: the request's context is
     /// built here, once, and every later phase reads it.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
         // Classified first: only an intercepted write needs its arrival formatted as a date.
         let op = crate::intercept::classify::classify(req.method(), req.uri().path());
         let credential = self.rally.credential(req.headers());
@@ -359,7 +358,7 @@ impl body::Finish for AccessLog {
 }
 
 /// The client-facing handler.
-pub struct ProxyHandler(pub Arc<Proxy>);
+pub(crate) struct ProxyHandler(pub Arc<Proxy>);
 
 impl Handler for ProxyHandler {
     fn call(

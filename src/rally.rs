@@ -6,14 +6,14 @@
 //! credential and its fingerprint ([`credential`]), and what was last seen of Rally's health
 //! ([`health`]). The commands (`check`, `sweep`, `journal replay`) use it the same way.
 
-pub mod coalesce;
-pub mod connect;
-pub mod credential;
-pub mod governor;
-pub mod headers;
-pub mod health;
-pub mod lookups;
-pub mod slots;
+pub(crate) mod coalesce;
+pub(crate) mod connect;
+pub(crate) mod credential;
+pub(crate) mod governor;
+pub(crate) mod headers;
+pub(crate) mod health;
+pub(crate) mod lookups;
+pub(crate) mod slots;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -388,7 +388,7 @@ impl Rally {
 
 /// What a command needs to act in Rally as the operator (`check`, `sweep`, `journal replay`):
 /// the client, its lookups, and the operator's credential.
-pub struct Session {
+pub(crate) struct Session {
     pub rally: Arc<Rally>,
     pub lookups: Arc<lookups::Lookups>,
     pub cred: Credential,
@@ -396,14 +396,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(cfg: &Config, operator: &credential::Operator) -> Result<Session, String> {
+    pub(crate) fn new(cfg: &Config, operator: &credential::Operator) -> Result<Session, String> {
         let (rally, route) = Rally::standalone(cfg).map_err(|e| e.to_string())?;
         Session::assemble(cfg, operator, rally, route)
     }
 
     /// [`Session::new`] naming the operator's credential with the journal's writer key, so
     /// that its digest can be compared with the journal's rows.
-    pub fn with_writer_key(
+    pub(crate) fn with_writer_key(
         cfg: &Config,
         operator: &credential::Operator,
         key: [u8; 32],
@@ -419,7 +419,7 @@ impl Session {
 
     /// [`Session::new`] in fleet mode: its requests take the fleet's permits and its
     /// credential is named by the fleet's writer key, as the ledger's rows are.
-    pub fn with_fleet(
+    pub(crate) fn with_fleet(
         cfg: &Config,
         operator: &credential::Operator,
         fleet: &crate::fleet::Fleet,
@@ -457,7 +457,7 @@ impl Session {
     }
 
     /// A request of the operator's own (see [`Rally::call_json`]).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: http::Method,
         path_and_query: &str,
@@ -471,7 +471,7 @@ impl Session {
 }
 
 /// `Retry-After` in seconds or as an HTTP date.
-pub fn retry_after(h: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(h: &http::HeaderMap) -> Option<Duration> {
     let v = h.get(header::RETRY_AFTER)?.to_str().ok()?;
     v.trim()
         .parse::<u64>()

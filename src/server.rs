@@ -24,32 +24,27 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 mod conn;
-pub mod deadline;
+pub(crate) mod deadline;
 mod peers;
 
 use conn::{Activity, Drain};
 
 /// Errors crossing body and service boundaries.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type every handler returns.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Boxes a hyper error. A named function, not a closure: closures returning `BoxError` inside
 /// async code trip a known higher-ranked lifetime inference problem in rustc.
-pub fn box_hyper(e: hyper::Error) -> BoxError {
+pub(crate) fn box_hyper(e: hyper::Error) -> BoxError {
     Box::new(e)
-}
-
-/// Turns an infallible body error into `BoxError` (see [`box_hyper`]).
-pub fn box_never(e: std::convert::Infallible) -> BoxError {
-    match e {}
 }
 
 /// Collects a body up to `max` bytes. (Written out rather than with `Limited` because
 /// `Limited` over a boxed body inside async code trips the same inference problem.)
-pub async fn collect_limited(mut body: Body, max: usize) -> Result<Bytes, String> {
+pub(crate) async fn collect_limited(mut body: Body, max: usize) -> Result<Bytes, String> {
     use http_body_util::BodyExt;
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -74,7 +69,7 @@ pub struct ConnInfo {
 
 /// A request handler. Returning `Err` makes hyper drop the connection without an answer (the
 /// simulator uses it to inject resets); the sidecar always answers.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     fn call(
         &self,
         req: Request<Incoming>,
@@ -83,18 +78,18 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Called when connections open and close (the sidecar counts them in a gauge).
-pub trait ConnObserver: Send + Sync + 'static {
+pub(crate) trait ConnObserver: Send + Sync + 'static {
     fn opened(&self) {}
     fn closed(&self) {}
 }
 
 /// No-op observer.
-pub struct NoObserver;
+pub(crate) struct NoObserver;
 impl ConnObserver for NoObserver {}
 
 /// How a listener serves.
 #[derive(Clone)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub header_read_timeout: Duration,
     pub http2: bool,
@@ -112,7 +107,7 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    pub fn plain(name: &'static str) -> Self {
+    pub(crate) fn plain(name: &'static str) -> Self {
         ServeOptions {
             tls: None,
             header_read_timeout: Duration::from_secs(30),
@@ -136,7 +131,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves `listener` until `shutdown` is cancelled, then drains. Returns the number of
 /// connections that were still open at the grace deadline and were cut.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     opts: ServeOptions,
     handler: Arc<dyn Handler>,

@@ -5,37 +5,35 @@
 use serde_json::{Map, Value, json};
 
 /// Path prefix of WSAPI v2.0: where the sidecar's own requests go.
-pub const SERVICE_ROOT: &str = "/slm/webservice/v2.0";
+pub(crate) const SERVICE_ROOT: &str = "/slm/webservice/v2.0";
 /// Path prefix of every WSAPI version; the version segment follows it.
-pub const SERVICE_PREFIX: &str = "/slm/webservice/";
-/// Path prefix of the schema service pyral reads at start-up.
-pub const SCHEMA_ROOT: &str = "/slm/schema/v2.0";
+pub(crate) const SERVICE_PREFIX: &str = "/slm/webservice/";
 /// The API version segments Rally serves under `/slm/webservice/` and `/slm/schema/`: `v2.0`,
 /// and `v2.x`, which real clients use and whose answers carry `v2.x` in every `_ref`.
-pub const API_VERSIONS: &[&str] = &["v2.0", "v2.x"];
+pub(crate) const API_VERSIONS: &[&str] = &["v2.0", "v2.x"];
 /// `_rallyAPIMajor` carried by every object.
-pub const API_MAJOR: &str = "2";
+pub(crate) const API_MAJOR: &str = "2";
 /// `_rallyAPIMinor` carried by every object.
-pub const API_MINOR: &str = "0";
+pub(crate) const API_MINOR: &str = "0";
 
 /// Headers the sidecar adds to its answers (and the one request header it reads).
-pub mod headers {
+pub(crate) mod headers {
     /// Names the sidecar as the source of an answer, with a stable code.
-    pub const ERROR: &str = "x-rally-sidecar-error";
+    pub(crate) const ERROR: &str = "x-rally-sidecar-error";
     /// The sidecar's decision on a result write (`allowed`, `refused-archived`, ...).
-    pub const DECISION: &str = "x-rally-sidecar-decision";
+    pub(crate) const DECISION: &str = "x-rally-sidecar-decision";
     /// What the sidecar filled (`Build,Date,Tester`).
-    pub const FILLED: &str = "x-rally-sidecar-filled";
+    pub(crate) const FILLED: &str = "x-rally-sidecar-filled";
     /// Whether the result was read back from Rally and found as sent.
-    pub const CONFIRMED: &str = "x-rally-sidecar-confirmed";
+    pub(crate) const CONFIRMED: &str = "x-rally-sidecar-confirmed";
     /// How many attempts the write took.
-    pub const ATTEMPTS: &str = "x-rally-sidecar-attempts";
+    pub(crate) const ATTEMPTS: &str = "x-rally-sidecar-attempts";
     /// The journal row of the write.
-    pub const JOURNAL_ID: &str = "x-rally-sidecar-journal-id";
+    pub(crate) const JOURNAL_ID: &str = "x-rally-sidecar-journal-id";
     /// Request header: a build for this write.
-    pub const BUILD: &str = "x-rally-build";
+    pub(crate) const BUILD: &str = "x-rally-build";
     /// Request id, propagated or generated.
-    pub const REQUEST_ID: &str = "x-request-id";
+    pub(crate) const REQUEST_ID: &str = "x-request-id";
 }
 
 /// The envelope kinds a WSAPI JSON response can have (the single root key).
@@ -59,7 +57,7 @@ impl Envelope {
 }
 
 /// `{"<Envelope>": {"_rallyAPIMajor": "2", "_rallyAPIMinor": "0", "Errors": [...], "Warnings": [...]}}`
-pub fn error_envelope(kind: Envelope, errors: &[String], warnings: &[String]) -> Value {
+pub(crate) fn error_envelope(kind: Envelope, errors: &[String], warnings: &[String]) -> Value {
     if kind == Envelope::Batch {
         return batch_envelope(errors, warnings, Vec::new());
     }
@@ -82,13 +80,17 @@ pub fn error_envelope(kind: Envelope, errors: &[String], warnings: &[String]) ->
 /// A `BatchResult` shaped like the one captured from real Rally: the `BatchResult` object holds
 /// only `Errors`, `Warnings` and `Results` (no `_rallyAPIMajor`/`_rallyAPIMinor` at that level);
 /// each element of `results` is built by [`batch_element`].
-pub fn batch_envelope(errors: &[String], warnings: &[String], results: Vec<Value>) -> Value {
+pub(crate) fn batch_envelope(errors: &[String], warnings: &[String], results: Vec<Value>) -> Value {
     json!({"BatchResult": {"Errors": errors, "Warnings": warnings, "Results": results}})
 }
 
 /// One element of `BatchResult.Results`: `_rallyAPIMajor`/`_rallyAPIMinor`, the entry's own
 /// `Errors` and `Warnings`, and `Object` when the entry succeeded and produced one.
-pub fn batch_element(errors: &[String], warnings: &[String], object: Option<Value>) -> Value {
+pub(crate) fn batch_element(
+    errors: &[String],
+    warnings: &[String],
+    object: Option<Value>,
+) -> Value {
     let mut m = Map::new();
     m.insert("_rallyAPIMajor".into(), json!(API_MAJOR));
     m.insert("_rallyAPIMinor".into(), json!(API_MINOR));
@@ -102,12 +104,12 @@ pub fn batch_element(errors: &[String], warnings: &[String], object: Option<Valu
 
 /// Splits a WSAPI path into its version and the rest: `/slm/webservice/v2.x/defect/1` →
 /// `("v2.x", "/defect/1")`. `None` for other paths and versions Rally does not serve.
-pub fn split_service_path(path: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_service_path(path: &str) -> Option<(&str, &str)> {
     split_versioned(path, "/slm/webservice/")
 }
 
 /// [`split_service_path`] for the schema service (`/slm/schema/<version>/...`).
-pub fn split_schema_path(path: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_schema_path(path: &str) -> Option<(&str, &str)> {
     split_versioned(path, "/slm/schema/")
 }
 
@@ -124,7 +126,7 @@ fn split_versioned<'a>(path: &'a str, prefix: &str) -> Option<(&'a str, &'a str)
 }
 
 /// Serialises an envelope; never fails for values built from `json!`.
-pub fn to_bytes(value: &Value) -> bytes::Bytes {
+pub(crate) fn to_bytes(value: &Value) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
 }
 
@@ -144,7 +146,7 @@ pub fn format_date(t: time::OffsetDateTime) -> String {
 }
 
 /// Strips a trailing `.js` (the legacy suffix every v2.0 path accepts).
-pub fn strip_js(segment: &str) -> &str {
+pub(crate) fn strip_js(segment: &str) -> &str {
     segment
         .strip_suffix(".js")
         .or_else(|| segment.strip_suffix(".JS"))
@@ -153,7 +155,7 @@ pub fn strip_js(segment: &str) -> &str {
 
 /// The version segments that name WSAPI v2 (Rally serves `v2.x` as well as `v2.0`, and its
 /// refs echo the one the client used: docs/simulator.md).
-pub fn is_v2(version: &str) -> bool {
+pub(crate) fn is_v2(version: &str) -> bool {
     version == "v2.0" || version.eq_ignore_ascii_case("v2.x")
 }
 
@@ -161,13 +163,13 @@ pub fn is_v2(version: &str) -> bool {
 /// legacy `.js` (which Rally accepts at the end of any segment). `None` for paths outside
 /// `/slm/webservice/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePath<'a> {
+pub(crate) struct ServicePath<'a> {
     pub version: &'a str,
     pub segments: Vec<&'a str>,
 }
 
 /// Splits `path` (no query string) into a [`ServicePath`].
-pub fn service_path(path: &str) -> Option<ServicePath<'_>> {
+pub(crate) fn service_path(path: &str) -> Option<ServicePath<'_>> {
     let rest = path.strip_prefix(SERVICE_PREFIX)?;
     let mut parts = rest.split('/');
     let version = parts.next().filter(|v| !v.is_empty())?;
@@ -191,7 +193,7 @@ pub fn parse_ref(v: &Value) -> Option<(String, String)> {
 }
 
 /// An ObjectID or ObjectUUID as it may appear in a path.
-pub fn is_object_id(s: &str) -> bool {
+pub(crate) fn is_object_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 

@@ -9,6 +9,8 @@
 //! also by the SIGTERM run, where the sidecar is a separate process.
 //! `cargo run --release --example soak -- --help` lists the knobs.
 //!
+//! [`load`] is the pass-through load generator (`examples/passthrough.rs`).
+//!
 //! This crate is a development tool, not part of the product: it is a dev-dependency of
 //! `rally-sidecar` (its examples and integration tests use it) and is never published.
 
@@ -17,6 +19,7 @@
 mod account;
 mod drain;
 pub mod fleet;
+pub mod load;
 pub mod pg;
 mod report;
 mod run;

@@ -18,18 +18,18 @@ use crate::config::AdminConfig;
 use crate::server::Body;
 
 /// Paths anyone who reaches the listener may read: liveness, readiness and metrics.
-pub fn is_open(path: &str) -> bool {
+pub(crate) fn is_open(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 /// The admission rules of the guarded endpoints.
-pub struct Guard {
+pub(crate) struct Guard {
     token: Option<[u8; 32]>,
     allowed_hosts: Vec<String>,
 }
 
 impl Guard {
-    pub fn new(cfg: &AdminConfig) -> Guard {
+    pub(crate) fn new(cfg: &AdminConfig) -> Guard {
         Guard {
             token: cfg.token.as_ref().map(|t| digest(t.expose().as_bytes())),
             allowed_hosts: cfg.allowed_hosts.clone(),
@@ -37,7 +37,7 @@ impl Guard {
     }
 
     /// `None` when the request may be routed; otherwise the answer that refuses it.
-    pub fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+    pub(crate) fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
         if is_open(req.uri().path()) {
             return None;
         }

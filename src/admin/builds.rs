@@ -16,7 +16,7 @@ const MAX_BUILDS: usize = 500;
 
 /// One line of `GET /builds`: the counts and the verdict `summary` would give.
 #[derive(Debug, Clone, Serialize)]
-pub struct BuildLine {
+pub(super) struct BuildLine {
     #[serde(flatten)]
     pub counts: BuildCounts,
     pub verdict: Verdict,

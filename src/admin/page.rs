@@ -18,7 +18,7 @@ use crate::journal::{State, WriteView};
 
 /// HTML-escapes a value for text and for double- or single-quoted attributes; control
 /// characters are spelled out so a value cannot fake a line in the page.
-pub fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -109,7 +109,7 @@ const SCRIPT: &str = r#"
 "#;
 
 /// Only the page's own script (by its hash), its own styles, and requests to its own origin.
-pub fn content_security_policy() -> String {
+pub(super) fn content_security_policy() -> String {
     let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(SCRIPT));
     format!(
         "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
@@ -118,7 +118,7 @@ pub fn content_security_policy() -> String {
 }
 
 /// The whole page.
-pub fn render(v: &StatusView) -> String {
+pub(super) fn render(v: &StatusView) -> String {
     let mut main = String::new();
     totals(&mut main, v);
     context(&mut main, &v.context);

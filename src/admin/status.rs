@@ -27,7 +27,7 @@ const LATENCIES: usize = 60;
 /// The build a write without one gets, and every source that could give it, in precedence
 /// order (the per-request `X-Rally-Build` header outranks them all).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct ContextSources {
+pub(super) struct ContextSources {
     /// What a write without a Build or a header gets (outside any scoped context).
     pub effective: Option<String>,
     /// Where `effective` comes from, in words: `PUT /context`, `config context.build`,
@@ -46,7 +46,7 @@ pub struct ContextSources {
 }
 
 impl ContextSources {
-    pub fn of(put: &ContextView, cfg: &ContextConfig) -> ContextSources {
+    pub(super) fn of(put: &ContextView, cfg: &ContextConfig) -> ContextSources {
         let nonempty = |b: &Option<String>| b.clone().filter(|b| !b.trim().is_empty());
         let (effective, source) = match (nonempty(&put.build), nonempty(&cfg.build)) {
             (Some(b), _) => (Some(b), Some("PUT /context".to_string())),
@@ -71,7 +71,7 @@ impl ContextSources {
 
 /// One settled write's confirmation latency.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Sample {
+pub(super) struct Sample {
     pub id: i64,
     pub test_case: String,
     pub state: crate::journal::State,
@@ -80,7 +80,7 @@ pub struct Sample {
 
 /// Recent confirmation latencies and their quantiles (confirmed writes only).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Latencies {
+pub(super) struct Latencies {
     /// Oldest first.
     pub samples: Vec<Sample>,
     pub p50_ms: Option<f64>,
@@ -89,7 +89,7 @@ pub struct Latencies {
 }
 
 impl Latencies {
-    pub fn of(rows: &[WriteView]) -> Latencies {
+    pub(super) fn of(rows: &[WriteView]) -> Latencies {
         let samples: Vec<_> = rows
             .iter()
             .filter_map(|r| {
@@ -123,7 +123,7 @@ impl Latencies {
 
 /// Everything the status page shows.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct StatusView {
+pub(super) struct StatusView {
     /// Changes whenever anything shown changes (a digest of the rest).
     pub version: String,
     /// False when confirmation (and so the journal) is off.

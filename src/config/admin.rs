@@ -11,7 +11,7 @@ use super::raw::{List, RawConfig};
 use super::{ConfigError, DEFAULT_ADMIN_LISTEN, Overrides, defaults};
 
 /// The shortest token accepted: guessing one must be hopeless.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(super) const MIN_TOKEN_LEN: usize = 16;
 
 /// The admin bearer token. `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]

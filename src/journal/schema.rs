@@ -17,7 +17,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The version this code writes.
-pub const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 3;
 
 const WRITES_V2: &str = "
 CREATE TABLE writes (
@@ -70,7 +70,7 @@ const V1_COLUMNS: &str = "id, request_id, received_at, updated_at, credential, o
     body, state, attempts, last_error, object_id, test_case, build, verdict, filled, decision, latency_ms";
 
 /// Brings the file to [`VERSION`]; returns the version it found.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > VERSION {
         return Err(rusqlite::Error::ToSqlConversionFailure(format!(
@@ -118,7 +118,7 @@ fn to_v2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 }
 
 /// The secret writer digests are keyed with: made once per journal file, kept in it.
-pub fn writer_secret(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
+pub(super) fn writer_secret(conn: &Connection) -> rusqlite::Result<[u8; 32]> {
     let existing: Option<String> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'writer_secret'",

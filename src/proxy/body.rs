@@ -16,7 +16,7 @@ use crate::server::BoxError;
 
 /// How a streamed body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     Complete,
     Error,
     /// Dropped before the end (the peer disconnected).
@@ -25,7 +25,7 @@ pub enum Ending {
 
 /// What runs once when an [`Observed`] body ends: a plain value rather than a boxed closure,
 /// so observing a body costs no allocation of its own.
-pub trait Finish {
+pub(crate) trait Finish {
     fn finish(self, bytes: u64, ending: Ending);
 }
 
@@ -50,7 +50,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<B: HttpBody, F: Finish> Observed<B, F> {
-    pub fn new(inner: B, done: F) -> Self {
+    pub(crate) fn new(inner: B, done: F) -> Self {
         Observed {
             inner,
             bytes: 0,
@@ -115,7 +115,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Counted<B> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
         Counted { inner, counter }
     }
 }

@@ -42,13 +42,13 @@ struct Queue {
 }
 
 /// Read-backs coalesced per (Rally user, workspace).
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     rally: Arc<Rally>,
     queues: Mutex<HashMap<(Arc<str>, String), Queue>>,
 }
 
 impl Coalescer {
-    pub fn new(rally: Arc<Rally>) -> Arc<Coalescer> {
+    pub(crate) fn new(rally: Arc<Rally>) -> Arc<Coalescer> {
         Arc::new(Coalescer {
             rally,
             queues: Mutex::new(HashMap::new()),
@@ -56,7 +56,7 @@ impl Coalescer {
     }
 
     /// Reads `object_id` back with the next round for this credential's user in `workspace`.
-    pub async fn read(
+    pub(crate) async fn read(
         self: &Arc<Self>,
         cred: &Credential,
         workspace: &str,
@@ -150,7 +150,7 @@ impl Coalescer {
 }
 
 /// `(ObjectID = a)`, `((ObjectID = a) OR (ObjectID = b))`, ... nested pairwise.
-pub fn or_query(ids: &[i64]) -> String {
+pub(crate) fn or_query(ids: &[i64]) -> String {
     let mut terms = ids.iter().map(|id| format!("(ObjectID = {id})"));
     let Some(first) = terms.next() else {
         return "(ObjectID = 0)".into();

@@ -23,7 +23,7 @@ use crate::tls;
 
 /// The TCP layer below TLS: direct, or through a CONNECT tunnel.
 #[derive(Clone)]
-pub enum TcpConnector {
+pub(crate) enum TcpConnector {
     Direct(HttpConnector),
     Tunnel(Tunnel<HttpConnector>),
 }
@@ -55,7 +55,7 @@ impl tower::Service<http::Uri> for TcpConnector {
 }
 
 /// The upstream HTTP client type.
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<TcpConnector>, Body>;
+pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<TcpConnector>, Body>;
 
 /// Describes the route chosen at start-up, for the log and `check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,9 @@ pub enum UpstreamError {
 }
 
 /// Decides whether the upstream is reached through a proxy.
-pub fn proxy_for(cfg: &UpstreamConfig) -> Option<hyper_util::client::proxy::matcher::Intercept> {
+pub(crate) fn proxy_for(
+    cfg: &UpstreamConfig,
+) -> Option<hyper_util::client::proxy::matcher::Intercept> {
     let matcher = match &cfg.proxy {
         ProxySetting::Disabled => return None,
         ProxySetting::FromEnv => Matcher::from_env(),
@@ -93,7 +95,7 @@ pub fn proxy_for(cfg: &UpstreamConfig) -> Option<hyper_util::client::proxy::matc
 }
 
 /// Builds the pooled client and reports the route it takes.
-pub fn build(cfg: &UpstreamConfig) -> Result<(UpstreamClient, Route), UpstreamError> {
+pub(crate) fn build(cfg: &UpstreamConfig) -> Result<(UpstreamClient, Route), UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(cfg.connect_timeout));

@@ -26,7 +26,7 @@ impl std::fmt::Debug for Credential {
 }
 
 /// Computes fingerprints; one per process, its key random.
-pub struct Fingerprinter {
+pub(crate) struct Fingerprinter {
     /// The HMAC with its key already absorbed: cloned per fingerprint, which saves hashing
     /// the key's two padded blocks on every request.
     keyed: Hmac<Sha256>,
@@ -39,7 +39,7 @@ impl Default for Fingerprinter {
 }
 
 impl Fingerprinter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut key = [0u8; 32];
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -48,7 +48,7 @@ impl Fingerprinter {
 
     /// Digests keyed by `key`: the journal's secret, so that they mean the same credential in
     /// every process that opens the journal.
-    pub fn with_key(key: [u8; 32]) -> Self {
+    pub(crate) fn with_key(key: [u8; 32]) -> Self {
         // HMAC pads a key shorter than the hash's block with zeros: padding it here gives
         // the same digests as `new_from_slice(&key)`, without a fallible call.
         let mut block = [0u8; 64];
@@ -61,7 +61,7 @@ impl Fingerprinter {
     /// Extracts the credential a request carries: `ZSESSIONID` (API key or OAuth token), basic
     /// `Authorization`, or the SSO session cookie `ZSESSIONID`. Returns `None` for
     /// an anonymous request.
-    pub fn of(&self, headers: &HeaderMap) -> Option<Credential> {
+    pub(crate) fn of(&self, headers: &HeaderMap) -> Option<Credential> {
         let mut material: Vec<u8> = Vec::new();
         let mut copied = Vec::new();
         if let Some(v) = headers.get("zsessionid") {

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("more than {0} requests are already waiting for this credential")]
     QueueFull(usize),
     #[error("waited {0:?} for one of this credential's {1} upstream slots")]
@@ -77,7 +77,7 @@ impl Lane {
 }
 
 /// Per-credential slots.
-pub struct Governor {
+pub(crate) struct Governor {
     cap: usize,
     max_queue: usize,
     wait: Duration,
@@ -85,7 +85,7 @@ pub struct Governor {
 }
 
 /// Held while a request is in flight upstream; dropping it frees the slot.
-pub struct Slot {
+pub(crate) struct Slot {
     lane: Option<Arc<Lane>>,
 }
 
@@ -98,7 +98,7 @@ impl Drop for Slot {
 }
 
 impl Governor {
-    pub fn new(cap: usize, max_queue: usize, wait: Duration) -> Governor {
+    pub(crate) fn new(cap: usize, max_queue: usize, wait: Duration) -> Governor {
         Governor {
             cap: cap.max(1),
             max_queue,
@@ -131,12 +131,17 @@ impl Governor {
     }
 
     /// Waits for a slot for this credential, as a new request.
-    pub async fn acquire(&self, fingerprint: &str) -> Result<Slot, Refusal> {
+    #[cfg(test)]
+    pub(crate) async fn acquire(&self, fingerprint: &str) -> Result<Slot, Refusal> {
         self.acquire_as(fingerprint, Priority::Normal).await
     }
 
     /// Waits for a slot for this credential in the given queue.
-    pub async fn acquire_as(&self, fingerprint: &str, priority: Priority) -> Result<Slot, Refusal> {
+    pub(crate) async fn acquire_as(
+        &self,
+        fingerprint: &str,
+        priority: Priority,
+    ) -> Result<Slot, Refusal> {
         let lane = self.lane(fingerprint);
         let rx = {
             let mut q = lane.lock();
@@ -166,7 +171,7 @@ impl Governor {
 
     /// Requests waiting across all credentials (for metrics; may count waiters that have just
     /// given up).
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         lanes.values().map(|l| l.lock().waiting()).sum()
     }

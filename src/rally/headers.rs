@@ -25,7 +25,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers and those listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one look at the few names present costs less than nine
     // removals, each a hash and a probe. (`Connection` is one of them, so a message without
     // any has no listed names either.)
@@ -48,7 +48,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Prepares request headers for the upstream.
-pub fn request_headers(
+pub(crate) fn request_headers(
     headers: &mut HeaderMap,
     upstream_authority: &HeaderValue,
     forwarded: Option<(&std::net::SocketAddr, &'static str)>,

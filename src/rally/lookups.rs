@@ -346,7 +346,7 @@ fn failure_cache(ttl: Duration) -> Cache<String, Arc<String>> {
 }
 
 /// The first entry of the first root value's `Errors`.
-pub fn first_error(json: &Value) -> Option<String> {
+pub(crate) fn first_error(json: &Value) -> Option<String> {
     json.as_object()?
         .values()
         .next()?

@@ -15,27 +15,28 @@ use crate::error::ProxyError;
 use crate::fleet::{Budget, Permit};
 
 /// How requests are counted.
-pub enum Slots {
+pub(crate) enum Slots {
     Local(Governor),
     Fleet(FleetSlots),
 }
 
 /// The fleet's budget, and the credentials whose Rally user is being recorded in it.
-pub struct FleetSlots {
+pub(crate) struct FleetSlots {
     budget: Budget,
     learning: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A request's turn; dropping it ends the turn.
-pub enum Turn {
-    Local(Slot),
+pub(crate) enum Turn {
+    // Held, never read: dropping it gives the slot back.
+    Local(#[allow(dead_code)] Slot),
     Fleet(Permit),
 }
 
 impl Turn {
     /// Resolves when the turn can no longer be guaranteed (a fleet permit whose lease could
     /// not be renewed); a local slot never lapses.
-    pub async fn lost(&self) {
+    pub(crate) async fn lost(&self) {
         match self {
             Turn::Local(_) => std::future::pending().await,
             Turn::Fleet(p) => p.lost().await,
@@ -45,7 +46,7 @@ impl Turn {
 
 impl Slots {
     /// The fleet's budget instead of the local governor.
-    pub fn fleet(budget: Budget) -> Slots {
+    pub(crate) fn fleet(budget: Budget) -> Slots {
         Slots::Fleet(FleetSlots {
             budget,
             learning: Arc::default(),
@@ -53,7 +54,7 @@ impl Slots {
     }
 
     /// Waits for a turn in `lane` (`user:<ref>` or `credential:<digest>`).
-    pub async fn acquire(&self, lane: &str, priority: Priority) -> Result<Turn, ProxyError> {
+    pub(crate) async fn acquire(&self, lane: &str, priority: Priority) -> Result<Turn, ProxyError> {
         match self {
             Slots::Local(g) => g
                 .acquire_as(lane, priority)
@@ -70,7 +71,7 @@ impl Slots {
     }
 
     /// Requests waiting for a turn on this process (for metrics).
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         match self {
             Slots::Local(g) => g.waiting(),
             Slots::Fleet(f) => f.budget.waiting(),
@@ -81,7 +82,7 @@ impl Slots {
     /// mode only after the fleet has recorded it (in the background), since until then other
     /// pods count the credential's requests under its own lane — switching first would let
     /// the two lanes together pass the budget. `switch` is called once it may be used.
-    pub fn learn(
+    pub(crate) fn learn(
         &self,
         credential_lane: String,
         user_lane: String,

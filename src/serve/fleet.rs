@@ -35,7 +35,7 @@ impl FleetMode {
     /// Connects when `[fleet]` is configured; `None` otherwise. A database that cannot be
     /// reached at start stops the start (the orchestrator restarts the pod), since without it
     /// no request could be given a permit.
-    pub async fn start(
+    pub(super) async fn start(
         cfg: &Config,
         journal: Option<&Journal>,
         readiness: &Arc<Readiness>,
@@ -84,7 +84,7 @@ impl FleetMode {
     }
 
     /// What the interception layer records writes with.
-    pub fn writes(&self) -> Option<FleetWrites> {
+    pub(super) fn writes(&self) -> Option<FleetWrites> {
         self.journal_id.as_ref().map(|id| FleetWrites {
             ledger: self.fleet.ledger(),
             journal_id: id.clone(),
@@ -93,7 +93,7 @@ impl FleetMode {
 
     /// After the drain: the last rows shipped (within a few seconds), then this pod leaves the
     /// fleet, so its pending rows are at once the central replayer's.
-    pub async fn stop(self, journal: Option<&Journal>) {
+    pub(super) async fn stop(self, journal: Option<&Journal>) {
         self.stop.cancel();
         for t in &self.tasks {
             t.abort();

@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Body, BoxError, BoxFuture};
 
 /// How long a connection asked to close while idle may take to do so before it is dropped.
-pub const LAST_WORD: Duration = Duration::from_secs(1);
+pub(super) const LAST_WORD: Duration = Duration::from_secs(1);
 
 /// Requests in flight on one connection, and when the last one ended.
-pub struct Activity {
+pub(super) struct Activity {
     in_flight: AtomicUsize,
     last: Mutex<Instant>,
     changed: Notify,
@@ -49,7 +49,7 @@ type Call = BoxFuture<Result<Response<Body>, BoxError>>;
 impl Activity {
     /// A hyper service around `call` that counts each request in flight until its response
     /// body is done (or dropped).
-    pub fn wrap<F>(
+    pub(super) fn wrap<F>(
         self: Arc<Self>,
         call: F,
     ) -> impl hyper::service::Service<
@@ -147,8 +147,12 @@ impl hyper::body::Body for Tracked {
 
 /// Serves `conn` to its end: closes it gracefully when `stop` is cancelled or when it has been
 /// idle for `idle`, and drops it if, asked to close while idle, it lingers.
-pub async fn drive<C>(conn: C, activity: Arc<Activity>, stop: CancellationToken, idle: Duration)
-where
+pub(super) async fn drive<C>(
+    conn: C,
+    activity: Arc<Activity>,
+    stop: CancellationToken,
+    idle: Duration,
+) where
     C: GracefulConnection,
 {
     tokio::pin!(conn);
@@ -178,13 +182,13 @@ where
 
 /// The connections a listener has open, so that shutdown can wait for the last one.
 #[derive(Default)]
-pub struct Drain {
+pub(super) struct Drain {
     open: AtomicUsize,
     changed: Notify,
 }
 
 /// One open connection; dropping it ends the connection's count.
-pub struct Open(Arc<Drain>);
+pub(super) struct Open(Arc<Drain>);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -194,17 +198,17 @@ impl Drop for Open {
 }
 
 impl Drain {
-    pub fn enter(self: &Arc<Self>) -> Open {
+    pub(super) fn enter(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::SeqCst);
         Open(self.clone())
     }
 
-    pub fn open(&self) -> usize {
+    pub(super) fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
 
     /// Returns once no connection is open.
-    pub async fn empty(&self) {
+    pub(super) async fn empty(&self) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);

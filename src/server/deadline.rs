@@ -17,7 +17,7 @@ use super::BoxError;
 /// The body did not arrive in time.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {0:?}")]
-pub struct TimedOut(pub Duration);
+pub(crate) struct TimedOut(pub Duration);
 
 pin_project_lite::pin_project! {
     /// A body that fails with [`TimedOut`] when its next chunk takes longer than `gap`.
@@ -30,7 +30,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Paced<B> {
-    pub fn new(inner: B, gap: Duration) -> Self {
+    pub(crate) fn new(inner: B, gap: Duration) -> Self {
         Paced {
             inner,
             gap,

@@ -7,19 +7,19 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 /// Connections per client address.
-pub struct Peers {
+pub(super) struct Peers {
     limit: usize,
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One connection of one address; dropping it frees the seat.
-pub struct Seat {
+pub(super) struct Seat {
     peers: Arc<Peers>,
     ip: IpAddr,
 }
 
 impl Peers {
-    pub fn new(limit: usize) -> Arc<Peers> {
+    pub(super) fn new(limit: usize) -> Arc<Peers> {
         Arc::new(Peers {
             limit: limit.max(1),
             counts: Mutex::new(HashMap::new()),
@@ -27,7 +27,7 @@ impl Peers {
     }
 
     /// A seat for a new connection from `ip`, or `None` when that address holds `limit`.
-    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Seat> {
+    pub(super) fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Seat> {
         let ip = ip.to_canonical();
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(ip).or_insert(0);

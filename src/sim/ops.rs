@@ -17,7 +17,7 @@ use super::store::{Principal, Store};
 use crate::wsapi::{Envelope, error_envelope};
 
 /// Request context shared by the operations.
-pub struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     /// `<origin>/slm/webservice/<version>`: every `_ref` starts with it.
     pub base: &'a str,
     pub principal: &'a Principal,
@@ -30,15 +30,15 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(super) fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
 
-    pub fn fetch(&self) -> Fetch {
+    pub(super) fn fetch(&self) -> Fetch {
         Fetch::parse(self.param("fetch"))
     }
 
-    pub fn renderer<'s>(&'s self, store: &'s Store) -> Renderer<'s> {
+    pub(super) fn renderer<'s>(&'s self, store: &'s Store) -> Renderer<'s> {
         Renderer {
             store,
             base: self.base,
@@ -48,21 +48,21 @@ impl Ctx<'_> {
 }
 
 /// The result of an operation: its envelope, and whether a TestCaseResult was stored.
-pub struct Done {
+pub(super) struct Done {
     pub body: Value,
     pub stored: Option<i64>,
 }
 
-pub fn done(body: Value) -> Done {
+pub(super) fn done(body: Value) -> Done {
     Done { body, stored: None }
 }
 
-pub fn err(kind: Envelope, msg: impl Into<String>) -> Done {
+pub(super) fn err(kind: Envelope, msg: impl Into<String>) -> Done {
     done(error_envelope(kind, &[msg.into()], &[]))
 }
 
 /// `GET /<type>/<id>`.
-pub fn read(store: &Store, ctx: &Ctx, ty: Type, id: &str) -> Done {
+pub(super) fn read(store: &Store, ctx: &Ctx, ty: Type, id: &str) -> Done {
     let found = store
         .resolve_id(id)
         .and_then(|oid| store.visible(Some(ty), oid, ctx.instant));
@@ -82,7 +82,7 @@ pub fn read(store: &Store, ctx: &Ctx, ty: Type, id: &str) -> Done {
 }
 
 /// `GET /user` or `GET /subscription` without a query: the caller's own object.
-pub fn singleton(store: &Store, ctx: &Ctx, ty: Type) -> Done {
+pub(super) fn singleton(store: &Store, ctx: &Ctx, ty: Type) -> Done {
     let oid = match ty {
         Type::User => ctx.principal.user,
         _ => oids::SUBSCRIPTION,
@@ -218,7 +218,7 @@ fn in_scope(store: &Store, ctx: &Ctx, obj: &Obj) -> bool {
 }
 
 /// A query over `candidates` (all objects of a type, or a collection's members).
-pub fn query(store: &Store, ctx: &Ctx, ty: Type, candidates: Option<Vec<i64>>) -> Done {
+pub(super) fn query(store: &Store, ctx: &Ctx, ty: Type, candidates: Option<Vec<i64>>) -> Done {
     let expr = match ctx.param("query").map(str::trim).filter(|q| !q.is_empty()) {
         None => None,
         Some(q) => match query::parse(q).and_then(|e| check_paths(store, ty, &e).map(|_| e)) {

@@ -13,7 +13,7 @@ use super::store::{Store, public_fields};
 
 /// The `fetch` parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetch {
+pub(super) enum Fetch {
     /// Absent or `false`: shell objects.
     Shell,
     /// `true`: every attribute.
@@ -23,7 +23,7 @@ pub enum Fetch {
 }
 
 impl Fetch {
-    pub fn parse(raw: Option<&str>) -> Fetch {
+    pub(super) fn parse(raw: Option<&str>) -> Fetch {
         let Some(raw) = raw else { return Fetch::Shell };
         let raw = raw.trim().trim_matches('"').trim();
         match raw.to_ascii_lowercase().as_str() {
@@ -47,7 +47,7 @@ impl Fetch {
     }
 }
 
-pub struct Renderer<'a> {
+pub(super) struct Renderer<'a> {
     pub store: &'a Store,
     /// `<origin>/slm/webservice/<version>`.
     pub base: &'a str,
@@ -62,14 +62,14 @@ fn meta() -> Map<String, Value> {
 }
 
 impl Renderer<'_> {
-    pub fn object_ref(&self, ty: Type, oid: i64) -> String {
+    pub(super) fn object_ref(&self, ty: Type, oid: i64) -> String {
         format!("{}/{}/{oid}", self.base, ty.path())
     }
 
     /// A nested reference, with the fetched fields that apply to the target. Hydrated by a
     /// field list, it also carries `_objectVersion`, as Rally's do; a shell (`fetch=true`) does
     /// not, as in the captures.
-    pub fn nested(&self, ty: Type, oid: i64, fetch: &Fetch) -> Value {
+    pub(super) fn nested(&self, ty: Type, oid: i64, fetch: &Fetch) -> Value {
         let mut m = meta();
         m.insert("_ref".into(), json!(self.object_ref(ty, oid)));
         let obj = self.store.objects.get(&oid);
@@ -101,7 +101,7 @@ impl Renderer<'_> {
 
     /// Renders `obj`. `root` = the single-object form (no `_type`; Errors/Warnings added by the
     /// caller). `fetch` decides which attributes appear.
-    pub fn object(&self, obj: &Obj, fetch: &Fetch, root: bool) -> Value {
+    pub(super) fn object(&self, obj: &Obj, fetch: &Fetch, root: bool) -> Value {
         let mut m = meta();
         m.insert("_ref".into(), json!(self.object_ref(obj.ty, obj.oid)));
         m.insert("_refObjectUUID".into(), json!(obj.uuid));
@@ -166,7 +166,7 @@ impl Renderer<'_> {
     }
 
     /// `{"<Type>": {..., "Errors": [], "Warnings": []}}` — a single-object read.
-    pub fn single(&self, obj: &Obj, fetch: &Fetch) -> Value {
+    pub(super) fn single(&self, obj: &Obj, fetch: &Fetch) -> Value {
         let mut o = self.object(obj, fetch, true);
         if let Some(m) = o.as_object_mut() {
             m.insert("Errors".into(), json!([]));
@@ -178,7 +178,7 @@ impl Renderer<'_> {
     }
 
     /// The compact object a create answers with (metadata + ObjectID + VersionId, plus fetch).
-    pub fn created(&self, obj: &Obj, fetch: &Fetch) -> Value {
+    pub(super) fn created(&self, obj: &Obj, fetch: &Fetch) -> Value {
         let mut o = self.object(obj, fetch, false);
         if let Some(m) = o.as_object_mut() {
             m.insert("_CreatedAt".into(), json!("just now"));
@@ -190,7 +190,7 @@ impl Renderer<'_> {
 }
 
 /// Rally's `_CreatedAt`: "just now", "N minutes ago", "N hours ago", else "Mon D, YYYY".
-pub fn humanise(t: OffsetDateTime, now: OffsetDateTime) -> String {
+pub(super) fn humanise(t: OffsetDateTime, now: OffsetDateTime) -> String {
     let secs = (now - t).whole_seconds();
     match secs {
         s if s < 60 => "just now".into(),

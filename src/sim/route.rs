@@ -167,7 +167,7 @@ pub(super) fn route<'a>(
 }
 
 /// Percent-decodes a query string into lower-cased names → values (first occurrence wins).
-pub fn parse_params(query: &str) -> HashMap<String, String> {
+pub(super) fn parse_params(query: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -14,13 +14,13 @@ use super::store::Store;
 
 /// What the write does to the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(super) enum Action {
     Create,
     Update(i64),
 }
 
 /// Rally's answer when a reference names nothing readable (KB 57630).
-pub const UNREADABLE_REF: &str = "Could not read: Could not read referenced object null";
+pub(super) const UNREADABLE_REF: &str = "Could not read: Could not read referenced object null";
 
 /// Types a client may create; the others are set up by administrators, not through WSAPI tests.
 fn creatable(ty: Type) -> bool {
@@ -36,7 +36,7 @@ fn creatable(ty: Type) -> bool {
         )
 }
 
-pub fn missing(v: Option<&Value>) -> bool {
+pub(super) fn missing(v: Option<&Value>) -> bool {
     match v {
         None | Some(Value::Null) => true,
         Some(Value::String(s)) => s.is_empty(),
@@ -45,7 +45,7 @@ pub fn missing(v: Option<&Value>) -> bool {
 }
 
 /// Values a constrained attribute allows (`None`: not constrained).
-pub fn allowed_values(store: &Store, ty: Type, attr: &str) -> Option<Vec<String>> {
+pub(super) fn allowed_values(store: &Store, ty: Type, attr: &str) -> Option<Vec<String>> {
     let fixed: &[&str] = match (ty, attr) {
         (Type::TestCaseResult, "Verdict") => return Some(store.fixtures.verdicts.clone()),
         (Type::Iteration, "State") => &["Planning", "Committed", "Accepted"],
@@ -58,7 +58,7 @@ pub fn allowed_values(store: &Store, ty: Type, attr: &str) -> Option<Vec<String>
 
 /// Checks the attributes an object will be stored with (the client's changes already applied)
 /// and fills in what Rally derives.
-pub fn check(
+pub(super) fn check(
     store: &Store,
     ctx: &Ctx,
     ty: Type,

@@ -23,7 +23,7 @@ const COMMON: &[Attr] = &[
 ];
 
 /// Attributes of each type besides [`COMMON`].
-pub fn attributes(ty: Type) -> &'static [Attr] {
+pub(super) fn attributes(ty: Type) -> &'static [Attr] {
     match ty {
         Type::Subscription => &[
             ("Name", "STRING", true, false),
@@ -192,7 +192,7 @@ pub fn attributes(ty: Type) -> &'static [Attr] {
 }
 
 /// The required attributes of `ty`, in the order Rally is assumed to report them.
-pub fn required(ty: Type) -> impl Iterator<Item = &'static str> {
+pub(super) fn required(ty: Type) -> impl Iterator<Item = &'static str> {
     attributes(ty)
         .iter()
         .filter(|(_, _, required, ro)| *required && !*ro)
@@ -201,7 +201,7 @@ pub fn required(ty: Type) -> impl Iterator<Item = &'static str> {
 
 /// The types a reference attribute may point at; the first is the one a dotted query path
 /// (`TestCase.FormattedID`) follows. Empty: not a reference, or not checked.
-pub fn ref_targets(ty: Type, attr: &str) -> &'static [Type] {
+pub(super) fn ref_targets(ty: Type, attr: &str) -> &'static [Type] {
     match (ty, attr) {
         (_, "Project" | "DefaultProject") => &[Type::Project],
         (_, "Workspace" | "DefaultWorkspace") => &[Type::Workspace],
@@ -221,7 +221,7 @@ pub fn ref_targets(ty: Type, attr: &str) -> &'static [Type] {
 }
 
 /// True if `name` is an attribute of `ty` (standard or a declared custom field).
-pub fn has_attribute(ty: Type, name: &str, custom: &[String]) -> bool {
+pub(super) fn has_attribute(ty: Type, name: &str, custom: &[String]) -> bool {
     COMMON
         .iter()
         .chain(attributes(ty))
@@ -230,7 +230,7 @@ pub fn has_attribute(ty: Type, name: &str, custom: &[String]) -> bool {
 }
 
 /// Attribute type name (`OBJECT`, `DATE`, ...) or `None` if unknown.
-pub fn attribute_type(ty: Type, name: &str) -> Option<&'static str> {
+pub(super) fn attribute_type(ty: Type, name: &str) -> Option<&'static str> {
     COMMON
         .iter()
         .chain(attributes(ty))
@@ -239,7 +239,7 @@ pub fn attribute_type(ty: Type, name: &str) -> Option<&'static str> {
 }
 
 /// Writable attributes the client may set on create/update of `ty`.
-pub fn read_only(ty: Type, name: &str) -> bool {
+pub(super) fn read_only(ty: Type, name: &str) -> bool {
     COMMON
         .iter()
         .chain(attributes(ty))
@@ -275,7 +275,7 @@ fn attr_def(
 }
 
 /// The schema service answer for a workspace; refs under `base` (`<origin>/slm/webservice/<v>`).
-pub fn document(base: &str, workspace_oid: i64, store: &Store) -> Value {
+pub(super) fn document(base: &str, workspace_oid: i64, store: &Store) -> Value {
     let mut results = Vec::new();
     for (ordinal, ty) in super::model::ALL_TYPES.iter().enumerate() {
         let mut attrs = Vec::new();

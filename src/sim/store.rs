@@ -10,7 +10,7 @@ use super::model::{Fixtures, Obj, Type, make_ref, oids, parse_date, ref_target};
 
 /// Who is calling, after authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+pub(super) struct Principal {
     pub user: i64,
     /// Authenticated with a read-only API key (writes refused).
     pub read_only: bool,
@@ -21,14 +21,14 @@ pub struct Principal {
 /// A basic-auth HTTP session, keyed by its `JSESSIONID`: the token `/security/authorize` issued
 /// is bound to it. Rally also sets `ZSESSIONID` and `SUBBUCKETID` cookies (KB 57528).
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(super) struct Session {
     pub user: i64,
     pub token: Option<String>,
     pub zsession: String,
     pub subbucket: u32,
 }
 
-pub struct Store {
+pub(super) struct Store {
     pub objects: BTreeMap<i64, Obj>,
     by_uuid: HashMap<String, i64>,
     next_oid: i64,
@@ -38,7 +38,7 @@ pub struct Store {
 }
 
 /// Deterministic UUID for an object id (stable across runs, so fixtures are too).
-pub fn uuid_for(oid: i64) -> String {
+pub(super) fn uuid_for(oid: i64) -> String {
     format!(
         "5a1e0000-0000-4000-8000-{:012x}",
         oid as u64 & 0xffff_ffff_ffff
@@ -46,7 +46,7 @@ pub fn uuid_for(oid: i64) -> String {
 }
 
 impl Store {
-    pub fn new(fixtures: Fixtures) -> Store {
+    pub(super) fn new(fixtures: Fixtures) -> Store {
         let mut s = Store {
             objects: BTreeMap::new(),
             by_uuid: HashMap::new(),
@@ -59,18 +59,18 @@ impl Store {
         s
     }
 
-    pub fn allocate(&mut self) -> i64 {
+    pub(super) fn allocate(&mut self) -> i64 {
         let oid = self.next_oid;
         self.next_oid += 1;
         oid
     }
 
-    pub fn insert(&mut self, obj: Obj) {
+    pub(super) fn insert(&mut self, obj: Obj) {
         self.by_uuid.insert(obj.uuid.clone(), obj.oid);
         self.objects.insert(obj.oid, obj);
     }
 
-    pub fn remove(&mut self, oid: i64) -> Option<Obj> {
+    pub(super) fn remove(&mut self, oid: i64) -> Option<Obj> {
         let obj = self.objects.remove(&oid)?;
         self.by_uuid.remove(&obj.uuid);
         if obj.ty == Type::TestCaseResult
@@ -82,7 +82,7 @@ impl Store {
     }
 
     /// Looks an id up as an ObjectID or an ObjectUUID (with or without dashes).
-    pub fn resolve_id(&self, id: &str) -> Option<i64> {
+    pub(super) fn resolve_id(&self, id: &str) -> Option<i64> {
         if let Ok(oid) = id.parse::<i64>() {
             return Some(oid);
         }
@@ -105,7 +105,12 @@ impl Store {
     }
 
     /// An object that a client may see now: exists, right type, not recycled, past its read lag.
-    pub fn visible(&self, ty: Option<Type>, oid: i64, now: tokio::time::Instant) -> Option<&Obj> {
+    pub(super) fn visible(
+        &self,
+        ty: Option<Type>,
+        oid: i64,
+        now: tokio::time::Instant,
+    ) -> Option<&Obj> {
         let obj = self.objects.get(&oid)?;
         if ty.is_some_and(|t| t != obj.ty) {
             return None;
@@ -121,7 +126,7 @@ impl Store {
 
     /// Parses a reference in any of its four spellings (full URL, `/type/oid`, `type/oid`,
     /// `{"_ref": ...}`), with optional `.js`. Returns the type named and the object id.
-    pub fn parse_ref(&self, v: &Value) -> Option<(Type, i64)> {
+    pub(super) fn parse_ref(&self, v: &Value) -> Option<(Type, i64)> {
         let text = match v {
             Value::String(s) => s.as_str(),
             Value::Object(m) => {
@@ -145,7 +150,7 @@ impl Store {
     }
 
     /// Members of a collection attribute (`Results`, `Projects`, ...), as object ids.
-    pub fn collection(&self, obj: &Obj, name: &str) -> Option<(Type, Vec<i64>)> {
+    pub(super) fn collection(&self, obj: &Obj, name: &str) -> Option<(Type, Vec<i64>)> {
         let by_ref = |ty: Type, field: &str| -> Vec<i64> {
             self.objects
                 .values()
@@ -203,7 +208,7 @@ impl Store {
     }
 
     /// Collection attributes rendered on each type, with the `_type` of their members.
-    pub fn collection_names(ty: Type) -> &'static [(&'static str, &'static str)] {
+    pub(super) fn collection_names(ty: Type) -> &'static [(&'static str, &'static str)] {
         const ARTIFACT: &[(&str, &str)] = &[
             ("Attachments", "Attachment"),
             ("Discussion", "ConversationPost"),
@@ -246,7 +251,7 @@ impl Store {
     /// Recomputes LastVerdict/LastBuild/LastRun/LastResult of a TestCase from its results:
     /// the result with the latest Date wins (ties: the later created). Which result Rally
     /// uses is not documented; docs/simulator.md lists this among the known differences.
-    pub fn update_rollup(&mut self, tc: i64) {
+    pub(super) fn update_rollup(&mut self, tc: i64) {
         let latest = self
             .objects
             .values()
@@ -288,7 +293,7 @@ impl Store {
     /// [`Store::update_rollup`] after `result` was created for `tc`, without scanning every
     /// result: the roll-up was right before, and the new result (the newest ObjectID) wins when
     /// its Date is not older than the current LastRun. Keeps long runs linear.
-    pub fn rollup_after_create(&mut self, tc: i64, result: i64) {
+    pub(super) fn rollup_after_create(&mut self, tc: i64, result: i64) {
         let Some(new) = self.objects.get(&result) else {
             return;
         };
@@ -319,7 +324,7 @@ impl Store {
     }
 
     /// Role of `user` on `project`: Admin for workspace admins, else the project permission.
-    pub fn project_role(&self, user: i64, project: i64) -> Option<String> {
+    pub(super) fn project_role(&self, user: i64, project: i64) -> Option<String> {
         if self.objects.values().any(|o| {
             o.ty == Type::WorkspacePermission
                 && o.get_ref("User") == Some((Type::User, user))
@@ -339,7 +344,7 @@ impl Store {
 
     /// The project an object belongs to: its own `Project`, or for posts and attachments the
     /// project of what they are attached to.
-    pub fn project_of(&self, obj: &Obj) -> Option<i64> {
+    pub(super) fn project_of(&self, obj: &Obj) -> Option<i64> {
         if let Some((_, p)) = obj.get_ref("Project") {
             return Some(p);
         }
@@ -356,7 +361,7 @@ impl Store {
             .map(|(_, p)| p)
     }
 
-    pub fn project_open(&self, project: i64) -> bool {
+    pub(super) fn project_open(&self, project: i64) -> bool {
         self.objects
             .get(&project)
             .and_then(|p| p.str_field("State"))
@@ -364,7 +369,7 @@ impl Store {
     }
 
     /// Finds the user an API key belongs to.
-    pub fn user_for_key(&self, key: &str) -> Option<Principal> {
+    pub(super) fn user_for_key(&self, key: &str) -> Option<Principal> {
         self.fixtures.users.iter().find_map(|u| {
             u.api_keys.iter().find(|k| k.key == key).map(|k| Principal {
                 user: u.oid,
@@ -375,7 +380,7 @@ impl Store {
     }
 
     /// Checks a basic-auth user name and password.
-    pub fn user_for_password(&self, username: &str, password: &str) -> Option<Principal> {
+    pub(super) fn user_for_password(&self, username: &str, password: &str) -> Option<Principal> {
         self.fixtures
             .users
             .iter()
@@ -390,7 +395,7 @@ impl Store {
     }
 
     /// Opens a new session for a basic-auth user; returns its JSESSIONID.
-    pub fn new_session(&mut self, user: i64) -> String {
+    pub(super) fn new_session(&mut self, user: i64) -> String {
         self.session_counter += 1;
         let id = format!("simsession{:08x}{:08x}", user, self.session_counter);
         let session = Session {
@@ -403,11 +408,11 @@ impl Store {
         id
     }
 
-    pub fn objects_of(&self, ty: Type) -> impl Iterator<Item = &Obj> {
+    pub(super) fn objects_of(&self, ty: Type) -> impl Iterator<Item = &Obj> {
         self.objects.values().filter(move |o| o.ty == ty)
     }
 
-    pub fn custom_fields(&self, ty: Type) -> Vec<String> {
+    pub(super) fn custom_fields(&self, ty: Type) -> Vec<String> {
         self.fixtures
             .custom_fields
             .get(ty.name())
@@ -425,6 +430,6 @@ fn members(obj: &Obj) -> Vec<i64> {
 }
 
 /// Attributes present on `obj` (without internal ones).
-pub fn public_fields(obj: &Obj) -> impl Iterator<Item = (&String, &Value)> {
+pub(super) fn public_fields(obj: &Obj) -> impl Iterator<Item = (&String, &Value)> {
     obj.fields.iter().filter(|(k, _)| !k.starts_with("__"))
 }

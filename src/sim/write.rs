@@ -16,7 +16,7 @@ use super::store::{Store, uuid_for};
 use crate::wsapi::{Envelope, error_envelope};
 
 /// Finds the single attribute map under a case-insensitive root key.
-pub fn body_fields(body: &Value, ty: Type) -> Result<(String, Map<String, Value>), String> {
+pub(super) fn body_fields(body: &Value, ty: Type) -> Result<(String, Map<String, Value>), String> {
     let Some(obj) = body.as_object() else {
         return Err("Cannot parse input stream due to I/O error as JSON document: the body must be a JSON object".into());
     };
@@ -122,7 +122,7 @@ fn apply_fields(
 }
 
 /// `POST|PUT /<type>/create`. `persist: false` answers as if stored (the dropped-write fault).
-pub fn create(store: &mut Store, ctx: &Ctx, ty: Type, body: &Value, persist: bool) -> Done {
+pub(super) fn create(store: &mut Store, ctx: &Ctx, ty: Type, body: &Value, persist: bool) -> Done {
     let (root, input) = match body_fields(body, ty) {
         Ok(x) => x,
         Err(e) => return err(Envelope::Create, e),
@@ -165,7 +165,7 @@ pub fn create(store: &mut Store, ctx: &Ctx, ty: Type, body: &Value, persist: boo
 }
 
 /// `POST|PUT /<type>/<id>`.
-pub fn update(store: &mut Store, ctx: &Ctx, ty: Type, id: &str, body: &Value) -> Done {
+pub(super) fn update(store: &mut Store, ctx: &Ctx, ty: Type, id: &str, body: &Value) -> Done {
     let Some(existing) = store
         .resolve_id(id)
         .and_then(|o| store.visible(Some(ty), o, ctx.instant))
@@ -216,7 +216,7 @@ pub fn update(store: &mut Store, ctx: &Ctx, ty: Type, id: &str, body: &Value) ->
 }
 
 /// `DELETE /<type>/<id>`: artifacts go to the recycle bin, other objects are removed.
-pub fn delete(store: &mut Store, ctx: &Ctx, ty: Type, id: &str) -> Done {
+pub(super) fn delete(store: &mut Store, ctx: &Ctx, ty: Type, id: &str) -> Done {
     let Some(obj) = store
         .resolve_id(id)
         .and_then(|o| store.visible(Some(ty), o, ctx.instant))
@@ -265,7 +265,7 @@ fn creates_members(ty: Type, collection: &str) -> Option<(Type, &'static str)> {
 
 /// `POST /<type>/<id>/<Collection>/add|remove`: new-object maps create members (a test case's
 /// Results, a story's or defect's Tasks); a test set's TestCases take refs.
-pub fn collection_edit(
+pub(super) fn collection_edit(
     store: &mut Store,
     ctx: &Ctx,
     ty: Type,

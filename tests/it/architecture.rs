@@ -180,3 +180,19 @@ fn nothing_reads_outside_the_repository() {
         "a fresh clone has nothing beside it: {found:?}"
     );
 }
+
+#[test]
+fn the_public_surface_is_what_its_users_need() {
+    // With `unreachable_pub` on (CI's clippy denies warnings), an item only the crate uses is
+    // `pub(crate)`, so the compiler reports it when it falls out of use.
+    let lib = std::fs::read_to_string(root().join("src/lib.rs")).expect("src/lib.rs");
+    assert!(lib.contains("#![warn(unreachable_pub)]"), "the lint is on");
+    // The request path's inner modules are not public: tests, examples and the harness go
+    // through the commands, the config, the simulator and `run_with`.
+    for private in ["admin", "error", "proxy", "rally", "request", "server", "wsapi"] {
+        assert!(
+            lib.lines().any(|l| l == format!("mod {private};")),
+            "{private} is private"
+        );
+    }
+}

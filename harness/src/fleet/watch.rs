@@ -284,5 +284,5 @@ fn humantime_secs(text: &str) -> Duration {
 
 /// A PostgreSQL error with the server's message (`Display` alone says only "db error").
 fn pg_err(e: &tokio_postgres::Error) -> String {
-    rally_sidecar::rally::error_chain(e)
+    rally_sidecar::error_chain(e)
 }

@@ -26,7 +26,7 @@ use crate::rally::credential::Operator;
 const BATCH: usize = 10;
 
 /// Replays the ledger's rows of the operator's Rally user, each once per run.
-pub async fn replay_fleet(
+pub(super) async fn replay_fleet(
     cfg: Arc<Config>,
     fleet_cfg: FleetConfig,
     api_key: &str,
