@@ -84,21 +84,51 @@ impl Proxy {
     }
 
     /// Handles one request; always answers. Phase 1, **identify**: the request's context is
-    /// built here, once, and every later phase reads it.
-    pub(crate) async fn handle(
+    /// built here, once, and every later phase reads it. The two paths are two futures, each
+    /// boxed once: a held write does not carry the streaming path's state, and a streamed
+    /// request does not carry the interception path's (guard, journal, confirmation).
+    pub(crate) fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> Response<Body> {
+    ) -> BoxFuture<Result<Response<Body>, BoxError>> {
         // Classified first: only an intercepted write needs its arrival formatted as a date.
         let op = crate::intercept::classify::classify(req.method(), req.uri().path());
+        let started = self.identify(&req, conn, op.is_intercepted());
+        if op.is_intercepted() {
+            Box::pin(async move {
+                let forwarded = self
+                    .intercepted(&started.ctx, op, req)
+                    .instrument(started.span.clone())
+                    .await;
+                Ok(self.answer(started, forwarded))
+            })
+        } else {
+            Box::pin(async move {
+                // Only debug events (hyper's) happen inside the streaming path; the sidecar's
+                // own are written in the span afterwards. So the span is entered on every poll
+                // only when some filter lets debug events through.
+                let streamed = self.stream(&started.ctx, &op, req);
+                let forwarded =
+                    if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
+                        streamed.instrument(started.span.clone()).await
+                    } else {
+                        streamed.await
+                    };
+                Ok(self.answer(started, forwarded))
+            })
+        }
+    }
+
+    /// The request's context, span and the parts of it the access line names.
+    fn identify(&self, req: &Request<Incoming>, conn: ConnInfo, intercepted: bool) -> Started {
         let credential = self.rally.credential(req.headers());
         let ctx = RequestCtx::new(
-            request_id(&req),
+            request_id(req),
             conn,
             client_origin_of(req.headers(), req.uri(), conn.tls),
             credential,
-            op.is_intercepted(),
+            intercepted,
         );
         // Learn whose credential this is (once, in the background): Rally's cap is per user,
         // so the governor counts a user's keys together as soon as it knows. Not again while
@@ -113,27 +143,29 @@ impl Proxy {
                 let _ = lookups.owner(&cred).await;
             });
         }
-        let span = tracing::info_span!("request", id = %ctx.id);
-        let method = req.method().clone();
-        // Kept as received (a cheap reference-counted copy); redacted only when the access
-        // line is written.
-        let target = req.uri().path_and_query().cloned();
+        Started {
+            span: tracing::info_span!("request", id = %ctx.id),
+            ctx,
+            method: req.method().clone(),
+            // Kept as received (a cheap reference-counted copy); redacted only when the
+            // access line is written.
+            target: req.uri().path_and_query().cloned(),
+        }
+    }
 
-        let forwarded = if op.is_intercepted() {
-            // The interception path's future is large (guard, journal, confirmation): boxed,
-            // so that the streaming path's future stays small and cheap to move.
-            Box::pin(self.intercepted(&ctx, op, req).instrument(span.clone())).await
-        } else {
-            // Only debug events (hyper's) happen inside the streaming path; the sidecar's own
-            // are written in the span below. So the span is entered on every poll only when
-            // some filter lets debug events through.
-            let streamed = self.stream(&ctx, &op, req);
-            if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
-                streamed.instrument(span.clone()).await
-            } else {
-                streamed.await
-            }
-        };
+    /// The last phase: a failure rescued into an answer, the request id, the metrics, and
+    /// the access line written when the answer's body ends.
+    fn answer(
+        &self,
+        started: Started,
+        forwarded: Result<Response<Body>, ProxyError>,
+    ) -> Response<Body> {
+        let Started {
+            ctx,
+            span,
+            method,
+            target,
+        } = started;
         let mut resp = match forwarded {
             Ok(resp) => resp,
             Err(err) => {
@@ -360,14 +392,21 @@ impl body::Finish for AccessLog {
 /// The client-facing handler.
 pub(crate) struct ProxyHandler(pub Arc<Proxy>);
 
+/// What [`Proxy::identify`] learned of a request, carried to [`Proxy::answer`].
+struct Started {
+    ctx: RequestCtx,
+    span: tracing::Span,
+    method: Method,
+    target: Option<http::uri::PathAndQuery>,
+}
+
 impl Handler for ProxyHandler {
     fn call(
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> BoxFuture<Result<Response<Body>, BoxError>> {
-        let proxy = self.0.clone();
-        Box::pin(async move { Ok(proxy.handle(req, conn).await) })
+        self.0.clone().handle(req, conn)
     }
 }
 

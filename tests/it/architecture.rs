@@ -189,7 +189,9 @@ fn the_public_surface_is_what_its_users_need() {
     assert!(lib.contains("#![warn(unreachable_pub)]"), "the lint is on");
     // The request path's inner modules are not public: tests, examples and the harness go
     // through the commands, the config, the simulator and `run_with`.
-    for private in ["admin", "error", "proxy", "rally", "request", "server", "wsapi"] {
+    for private in [
+        "admin", "error", "proxy", "rally", "request", "server", "wsapi",
+    ] {
         assert!(
             lib.lines().any(|l| l == format!("mod {private};")),
             "{private} is private"
