@@ -245,7 +245,9 @@ impl Proxy {
                 body,
                 headers,
             } => {
-                let mut resp = self.forward_buffered(ctx, parts, body).await?;
+                // Boxed: sending is a large future, and inline its state would be carried by
+                // every held write too, which never takes this branch.
+                let mut resp = Box::pin(self.forward_buffered(ctx, parts, body)).await?;
                 for (k, v) in headers {
                     if let Ok(v) = HeaderValue::from_str(&v) {
                         resp.headers_mut().insert(k, v);
