@@ -147,9 +147,17 @@ impl Proxy {
             span: tracing::info_span!("request", id = %ctx.id),
             ctx,
             method: req.method().clone(),
-            // Kept as received (a cheap reference-counted copy); redacted only when the
-            // access line is written.
-            target: req.uri().path_and_query().cloned(),
+            // Kept as received, redacted only when the access line is written: a cheap
+            // reference-counted copy for a streamed request; copied out for an intercepted
+            // write, since the reference would keep hyper's whole read buffer (8 KiB) alive
+            // for as long as the write is held.
+            target: req.uri().path_and_query().map(|pq| {
+                if intercepted {
+                    pq.as_str().parse().unwrap_or_else(|_| pq.clone())
+                } else {
+                    pq.clone()
+                }
+            }),
         }
     }
 
