@@ -198,3 +198,53 @@ fn the_public_surface_is_what_its_users_need() {
         );
     }
 }
+
+#[test]
+fn the_fuzz_crates_lock_file_lists_every_dependency_of_the_product() {
+    // CI builds the fuzz targets with `--locked` (.ci/run); a dependency added to the product
+    // and not to fuzz/Cargo.lock fails CI there, long after `cargo test` passed here. The
+    // fix: `cargo metadata --manifest-path fuzz/Cargo.toml > /dev/null`, then commit the lock.
+    let manifest: toml::Table = std::fs::read_to_string(root().join("Cargo.toml"))
+        .expect("Cargo.toml")
+        .parse()
+        .expect("Cargo.toml is TOML");
+    let lock: toml::Table = std::fs::read_to_string(root().join("fuzz/Cargo.lock"))
+        .expect("fuzz/Cargo.lock")
+        .parse()
+        .expect("fuzz/Cargo.lock is TOML");
+    let product = lock["package"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p.get("name").and_then(|n| n.as_str()) == Some("rally-sidecar"))
+        })
+        .expect("fuzz/Cargo.lock has the rally-sidecar package");
+    let locked: BTreeSet<String> = product["dependencies"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .filter_map(|d| d.as_str())
+                // "name" or "name version" when two versions are locked.
+                .filter_map(|d| d.split(' ').next())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let missing: Vec<String> = manifest["dependencies"]
+        .as_table()
+        .expect("[dependencies]")
+        .iter()
+        .filter(|(_, spec)| spec.get("optional").and_then(|o| o.as_bool()) != Some(true))
+        .map(|(name, spec)| {
+            spec.get("package")
+                .and_then(|p| p.as_str())
+                .unwrap_or(name)
+                .to_string()
+        })
+        .filter(|name| !locked.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "fuzz/Cargo.lock lacks {missing:?}: run `cargo metadata --manifest-path fuzz/Cargo.toml > /dev/null` and commit it"
+    );
+}
