@@ -323,10 +323,7 @@ fn detach(parts: &mut http::request::Parts) {
         parts.uri = uri;
     }
     for v in parts.headers.values_mut() {
-        if let Ok(mut own) = header::HeaderValue::from_bytes(v.as_bytes()) {
-            own.set_sensitive(v.is_sensitive());
-            *v = own;
-        }
+        *v = crate::rally::credential::detached(v);
     }
 }
 

@@ -89,12 +89,17 @@ impl Proxy {
     /// request does not carry the interception path's (guard, journal, confirmation).
     pub(crate) fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: ConnInfo,
     ) -> BoxFuture<Result<Response<Body>, BoxError>> {
         // Classified first: only an intercepted write needs its arrival formatted as a date.
         let op = crate::intercept::classify::classify(req.method(), req.uri().path());
         let started = self.identify(&req, conn, op.is_intercepted());
+        // The credential's fingerprint (an HMAC) is computed once, here: `Rally::send` takes it
+        // from the request's extensions, whichever path sends it.
+        if let Some(cred) = &started.ctx.credential {
+            req.extensions_mut().insert(cred.clone());
+        }
         if op.is_intercepted() {
             Box::pin(async move {
                 let forwarded = self
@@ -132,12 +137,11 @@ impl Proxy {
         );
         // Learn whose credential this is (once, in the background): Rally's cap is per user,
         // so the governor counts a user's keys together as soon as it knows. Not again while
-        // a lookup has failed recently (a spawned task per request costs the streaming path).
-        if let Some(cred) = ctx
-            .credential
-            .as_ref()
-            .filter(|c| !self.rally.knows_user(c) && !self.interceptor.lookups.owner_unknown(c))
-        {
+        // a lookup has failed recently (a spawned task per request costs the streaming path),
+        // and not for an intercepted write, which waits for the same lookup itself.
+        if let Some(cred) = ctx.credential.as_ref().filter(|c| {
+            !intercepted && !self.rally.knows_user(c) && !self.interceptor.lookups.owner_unknown(c)
+        }) {
             let (lookups, cred) = (self.interceptor.lookups.clone(), cred.clone());
             tokio::spawn(async move {
                 let _ = lookups.owner(&cred).await;
@@ -216,10 +220,7 @@ impl Proxy {
         self.admit(&req, &ctx.conn)?;
         self.count_other_version(op);
         let is_head = req.method() == Method::HEAD;
-        let (mut parts, incoming) = req.into_parts();
-        if let Some(cred) = &ctx.credential {
-            parts.extensions.insert(cred.clone());
-        }
+        let (parts, incoming) = req.into_parts();
         // A body known to be empty (most GETs) is sent as is: nothing to count.
         let body = if incoming.is_end_stream() {
             incoming.map_err(crate::server::box_hyper).boxed_unsync()

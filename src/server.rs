@@ -166,7 +166,7 @@ pub(crate) async fn serve(
     let acceptor = opts.tls.clone().map(TlsAcceptor::from);
     let drain = Arc::new(Drain::default());
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
-    let peers = Arc::new(peers::Peers::new(opts.max_connections_per_peer));
+    let peers = peers::Peers::new(opts.max_connections_per_peer);
     let local = listener.local_addr().ok();
 
     loop {

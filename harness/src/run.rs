@@ -279,7 +279,13 @@ pub async fn run(opts: SoakOptions) -> Result<SoakReport, String> {
     let mut cfg = sidecar_config(&upstream, &journal, &opts.readback_window)?;
     cfg.confirm.hold = match opts.hold.as_str() {
         "ambiguous" => rally_sidecar::config::Hold::Ambiguous,
-        _ => rally_sidecar::config::Hold::Readback,
+        "readback" => rally_sidecar::config::Hold::Readback,
+        // A typo must not measure the other mode.
+        other => {
+            return Err(format!(
+                "hold {other:?} is not \"readback\" or \"ambiguous\""
+            ));
+        }
     };
     let replay_cfg = Arc::new(cfg.clone());
 

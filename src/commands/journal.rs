@@ -151,10 +151,12 @@ pub async fn replay_journal(
     };
     let held_by_owner = match &owner {
         Some(_) => journal
-            .list(Some(State::Pending), vec![], 1_000_000)
+            .counts()
             .await
             .map_err(|e| e.to_string())?
-            .len(),
+            .into_iter()
+            .find_map(|(state, n)| (state == State::Pending).then_some(n as usize))
+            .unwrap_or(0),
         None => 0,
     };
     let rows = journal

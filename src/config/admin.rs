@@ -55,13 +55,7 @@ pub(super) fn validate(raw: &RawConfig, ov: &Overrides, e: &mut Vec<ConfigError>
         .clone()
         .or_else(|| a.listen.clone())
         .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
-    let listen = text.parse().unwrap_or_else(|_| {
-        e.push(err(
-            "admin.listen",
-            format!("{text:?} is not an address like 127.0.0.1:9464"),
-        ));
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    });
+    let listen = super::validate::socket_addr("admin.listen", &text, e);
     let token = token(a.token.as_deref(), a.token_file.as_deref(), e);
     let require_token = a.require_token.unwrap_or(defaults::REQUIRE_TOKEN);
     let cfg = AdminConfig {

@@ -71,6 +71,26 @@ fn ref_id(v: Option<&Value>) -> Option<String> {
 }
 
 impl Interceptor {
+    /// Where a write of this request gets its Build, Date and Tester from, for `scope` (the
+    /// request's, narrowed by what the guard learned of the test case). The owner is left
+    /// to the caller: it is needed only when a Tester is missing.
+    pub(super) fn sources(&self, w: &WriteCtx<'_>, scope: &super::Scope) -> Sources {
+        let (project, workspace, global) = self
+            .context
+            .lookup(scope.workspace.as_deref(), scope.project.as_deref());
+        Sources {
+            header_build: w.header_build.clone(),
+            context_project: project,
+            context_workspace: workspace,
+            context_global: global,
+            config_build: self.cfg.context.build.clone(),
+            ci_build: self.cfg.context.build_from_env.clone(),
+            received_at: w.req.received_at.clone(),
+            configured_tester: self.cfg.context.tester.clone(),
+            owner: None,
+        }
+    }
+
     /// The TestCase an update targets: named in its body, or read from the stored result.
     pub(super) async fn update_target(
         &self,
@@ -152,20 +172,7 @@ impl Interceptor {
                 decision,
             };
         }
-        let (project, workspace, global) = self
-            .context
-            .lookup(scope.workspace.as_deref(), scope.project.as_deref());
-        let mut sources = Sources {
-            header_build: w.header_build.clone(),
-            context_project: project,
-            context_workspace: workspace,
-            context_global: global,
-            config_build: self.cfg.context.build.clone(),
-            ci_build: self.cfg.context.build_from_env.clone(),
-            received_at: w.req.received_at.clone(),
-            configured_tester: self.cfg.context.tester.clone(),
-            owner: None,
-        };
+        let mut sources = self.sources(w, &scope);
         if sources.configured_tester.is_none() && envelope::missing(fields.get("Tester")) {
             sources.owner = w.writer.user.as_ref().map(|u| u.reference.clone());
         }

@@ -195,20 +195,7 @@ impl Interceptor {
 
     /// The build enrichment would give a write of this request that carries none.
     fn build_for(&self, w: &WriteCtx<'_>) -> Option<String> {
-        let (project, workspace, global) = self
-            .context
-            .lookup(w.scope.workspace.as_deref(), w.scope.project.as_deref());
-        super::enrich::Sources {
-            header_build: w.header_build.clone(),
-            context_project: project,
-            context_workspace: workspace,
-            context_global: global,
-            config_build: self.cfg.context.build.clone(),
-            ci_build: self.cfg.context.build_from_env.clone(),
-            ..Default::default()
-        }
-        .build()
-        .map(|(b, _)| b)
+        self.sources(w, &w.scope).build().map(|(b, _)| b)
     }
 
     /// Drives a journaled write to its fate, counts it, settles its row and logs it. Answers

@@ -2,7 +2,9 @@
 //! buffered). [`Observed`] also runs a completion once — at the end of the body, on a body
 //! error, or when the body is dropped early because the client went away — which is where the
 //! access-log line is written, so it carries the real byte count and total latency.
-//! [`Counted`] only counts (a request body on its way upstream).
+//! [`Counted`] only counts (a request body on its way upstream). Not `BodyExt::map_frame`:
+//! that wrapper does not pass on the body's size hint, so a body of known length would be sent
+//! chunked (and a GET's body not at all).
 
 use std::pin::Pin;
 use std::sync::Arc;

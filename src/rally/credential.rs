@@ -108,7 +108,7 @@ impl Fingerprinter {
 /// A copy of a received header value. The value hyper parsed is a slice of the connection's
 /// read buffer: a credential kept with it (by a held write, in a cache) would keep the whole
 /// buffer (8 KiB) alive with it.
-fn detached(v: &HeaderValue) -> HeaderValue {
+pub(crate) fn detached(v: &HeaderValue) -> HeaderValue {
     match HeaderValue::from_bytes(v.as_bytes()) {
         Ok(mut own) => {
             own.set_sensitive(v.is_sensitive());

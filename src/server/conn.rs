@@ -119,7 +119,8 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request counted until it ends.
+/// A response body that keeps its request counted until it ends. (Not `BodyExt::map_frame`,
+/// which drops the size hint: a response of known length would go out chunked.)
 struct Tracked {
     inner: Body,
     _busy: Busy,

@@ -1,8 +1,9 @@
 //! Time limits on reading a request body, so a client that trickles one cannot hold a
 //! connection (and, for an intercepted write, memory) for ever: [`Paced`] fails a streamed
 //! body that pauses longer than a gap between two chunks — measured only while its reader
-//! waits for it, so an upstream applying back-pressure never counts against the client — and
-//! [`TimedOut`] is what a buffered read that missed its whole-body deadline reports.
+//! waits for it, so an upstream applying back-pressure never counts against the client — with
+//! [`TimedOut`]. (A buffered read's whole-body deadline is the interception budget's
+//! `ReadError::TimedOut`.)
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

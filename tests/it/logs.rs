@@ -170,12 +170,7 @@ async fn human_log(color: Option<&str>) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     one_write(proxy.expect("the sidecar logged its address")).await;
-    let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    assert!(crate::process::sigterm(child.id().expect("pid")));
     let _ = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
     sim.stop().await;
     std::fs::read_to_string(&log).expect("log")
@@ -205,11 +200,7 @@ async fn a_clean_stop_writes_every_access_line() {
     let sim = simulator(SimOptions::default()).await;
     let dir = temp_dir("logs-batched");
     // The addresses are chosen here: the ready line that names them is not logged.
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-    };
+    let free = crate::support::free_addr;
     let (proxy, admin) = (free(), free());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rally-sidecar"))
         .args(["serve", "--listen", &proxy.to_string()])
@@ -258,12 +249,7 @@ async fn a_clean_stop_writes_every_access_line() {
         assert_eq!(a.status, http::StatusCode::OK);
     }
     tracing::info!("{n} requests answered; stopping the sidecar at once");
-    let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    assert!(crate::process::sigterm(child.id().expect("pid")));
     let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
     let log = log.await.expect("stderr read to its end");
@@ -327,12 +313,7 @@ async fn a_closed_stderr_does_not_stop_the_sidecar_from_stopping() {
             "still serving with nobody reading its logs"
         );
     }
-    let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    assert!(crate::process::sigterm(child.id().expect("pid")));
     let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
     assert!(
         matches!(status, Ok(Ok(s)) if s.success()),

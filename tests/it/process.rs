@@ -94,13 +94,9 @@ impl SidecarProcess {
             .unwrap_or(u64::MAX)
     }
 
-    /// Sends SIGTERM (through kill(1), so no unsafe code is needed).
+    /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        assert!(sigterm(self.pid));
     }
 
     pub async fn stop(mut self) {
@@ -111,4 +107,13 @@ impl SidecarProcess {
     pub fn log_text(&self) -> String {
         self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
+}
+
+/// Sends SIGTERM to `pid` (through kill(1), so no unsafe code is needed); whether kill
+/// succeeded.
+pub fn sigterm(pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }

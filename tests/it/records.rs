@@ -114,13 +114,6 @@ async fn readyz_fails_saying_why_when_the_journal_cannot_take_a_row() {
 const FORGED: &str =
     "/user/1\n2026-01-01T00:00:00.000000Z  INFO rally_sidecar: forged line \u{1b}[2J";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn no_raw_control(text: &str) {
     assert!(!text.contains('\u{1b}'), "a raw escape sequence: {text:?}");
     assert!(
@@ -164,7 +157,10 @@ async fn text_from_clients_and_rally_cannot_forge_log_lines_or_reach_the_termina
     // Human logs, from the real binary, and what `journal list` prints afterwards.
     let dir = temp_dir("escape");
     let journal = dir.join("j.sqlite");
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin) = (
+        crate::support::free_addr().port(),
+        crate::support::free_addr().port(),
+    );
     let bin = env!("CARGO_BIN_EXE_rally-sidecar");
     let child = tokio::process::Command::new(bin)
         .args(["serve", "--upstream", &sim.base_url])
@@ -194,10 +190,7 @@ async fn text_from_clients_and_rally_cannot_forge_log_lines_or_reach_the_termina
     let url = format!("http://127.0.0.1:{port}{WS}/testcaseresult/create");
     let a = send(Method::POST, &url, &[ALICE], Bytes::from(body)).await;
     assert!(a.text().contains("forged line"));
-    let pid = child.id().expect("pid").to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
+    crate::process::sigterm(child.id().expect("pid"));
     let out = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
         .await
         .expect("exits")

@@ -552,3 +552,11 @@ pub async fn connect_proxy(basic_auth: Option<&str>) -> ConnectProxy {
         refused,
     }
 }
+
+/// A loopback address no one listens on right now (for a process that must be told its
+/// address before it starts).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}

@@ -145,7 +145,8 @@ impl Watch {
                 ledger,
                 pods,
                 began,
-                lease: humantime_secs(&opts.lease),
+                lease: humantime::parse_duration(&opts.lease)
+                    .unwrap_or_else(|e| panic!("lease {:?}: {e}", opts.lease)),
                 kill: Mutex::new(None),
                 down: Mutex::new(None),
             }),
@@ -272,14 +273,6 @@ async fn outage(inner: Arc<Inner>, pg: Arc<PgServer>, length: Duration) -> Outag
     let _ = tokio::task::spawn_blocking(move || pg.restart()).await;
     r.up_at_s = inner.began.elapsed().as_secs_f64();
     r
-}
-
-fn humantime_secs(text: &str) -> Duration {
-    let t = text.trim();
-    if let Some(ms) = t.strip_suffix("ms") {
-        return Duration::from_millis(ms.parse().unwrap_or(10_000));
-    }
-    Duration::from_secs(t.trim_end_matches('s').parse().unwrap_or(10))
 }
 
 /// A PostgreSQL error with the server's message (`Display` alone says only "db error").

@@ -14,7 +14,7 @@ use rally_sidecar::sim::faults::FaultConfig;
 use rally_sidecar_harness::soak::stored_per_build;
 
 use super::{config, fresh, pod};
-use crate::support::{Sidecar, get, send, simulator, temp_dir};
+use crate::support::{JSON, Sidecar, get, send, simulator, temp_dir};
 
 const KEY: &str = "_sim_alice_key";
 const CREATE: &str = "/slm/webservice/v2.0/testcaseresult/create";
@@ -78,7 +78,7 @@ async fn a_clients_retry_on_another_pod_is_answered_from_the_first_attempt() {
         fleet_sidecar(&sim.base_url, &cfg).await,
         fleet_sidecar(&sim.base_url, &cfg).await,
     );
-    let headers = [("zsessionid", KEY), ("content-type", "application/json")];
+    let headers = [("zsessionid", KEY), JSON];
 
     // One after the other: the client gave up on pod a's answer and sends it again to b.
     let body = result(Some("retry-1"), 1001);
@@ -143,7 +143,7 @@ async fn the_build_context_set_on_one_pod_reaches_every_pod() {
     let set = send(
         Method::PUT,
         &format!("http://{}/context", a.admin),
-        &[("content-type", "application/json")],
+        &[JSON],
         r#"{"build": "fleet-ctx-7"}"#,
     )
     .await;
@@ -169,7 +169,7 @@ async fn the_build_context_set_on_one_pod_reaches_every_pod() {
     );
     assert_eq!(seen["build"], "fleet-ctx-7", "pod b has pod a's context");
     // A write without a Build through pod b gets the build set on pod a.
-    let headers = [("zsessionid", KEY), ("content-type", "application/json")];
+    let headers = [("zsessionid", KEY), JSON];
     let w = send(Method::PUT, &b.url(CREATE), &headers, result(None, 1003)).await;
     assert_eq!(
         w.headers["x-rally-sidecar-confirmed"],
@@ -182,7 +182,7 @@ async fn the_build_context_set_on_one_pod_reaches_every_pod() {
     let cleared = send(
         Method::DELETE,
         &format!("http://{}/context", b.admin),
-        &[("content-type", "application/json")],
+        &[JSON],
         "",
     )
     .await;
@@ -316,7 +316,7 @@ async fn postgres_down_a_clear_answer_then_the_local_row_is_shipped_and_landed()
     let rcfg = sidecar_config(&sim.base_url, &cfg);
     let journal_path = rcfg.journal.path.clone();
     let s = Sidecar::start_config(rcfg.clone()).await;
-    let headers = [("zsessionid", KEY), ("content-type", "application/json")];
+    let headers = [("zsessionid", KEY), JSON];
     let warm = send(
         Method::PUT,
         &s.url(CREATE),
@@ -416,7 +416,7 @@ async fn without_a_fleet_url_the_sidecar_runs_alone() {
     let ready = get(&format!("http://{}/readyz", s.admin), &[]).await;
     assert_eq!(ready.status, 200);
     assert!(!ready.text().contains("fleet"), "{}", ready.text());
-    let headers = [("zsessionid", KEY), ("content-type", "application/json")];
+    let headers = [("zsessionid", KEY), JSON];
     let w = send(
         Method::PUT,
         &s.url(CREATE),
